@@ -1,0 +1,161 @@
+"""Which recorded response answers a request, and why none does.
+
+The key of a request is its method, host, path, sorted query, and body in canonical form
+(JSON parsed and re-dumped with sorted keys). Headers take no part: the OpenAI SDK sends
+per-request ``x-stainless-*`` headers, a retry count among them. Lookup is one dict access,
+whatever the size of the cassette. Identical requests replay in recording order; past the
+last recording, the last one repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from toolkit.cassette import Interaction, RecordedRequest
+
+_MISSING = object()
+
+
+def endpoint(method: str, url: str) -> tuple[str, str, str]:
+    """(METHOD, host[:port], path): what a respx route is built on."""
+    parts = urlsplit(url)
+    return method.upper(), parts.netloc.lower(), parts.path or "/"
+
+
+def request_key(request: RecordedRequest) -> str:
+    method, host, path = endpoint(request.method, request.url)
+    query = sorted(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+    return "\n".join((method, host, path, json.dumps(query), _canonical_body(request.body)))
+
+
+def _canonical_body(body: Mapping[str, Any]) -> str:
+    if "json" in body:
+        return "json:" + json.dumps(body["json"], sort_keys=True, separators=(",", ":"))
+    if "text" in body:
+        return "text:" + str(body["text"])
+    if "base64" in body:
+        return "base64:" + str(body["base64"])
+    return ""
+
+
+class InteractionIndex:
+    """Recorded interactions by key, handing out the n-th recording to the n-th identical call.
+
+    Thread-safe: ``pyfunc.predict`` runs rows in a thread pool, and ``eval`` runs rows
+    concurrently.
+    """
+
+    def __init__(self, interactions: Iterable[Interaction] = ()) -> None:
+        self._positions: dict[str, list[int]] = {}
+        self._calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for position, interaction in enumerate(interactions):
+            self._positions.setdefault(request_key(interaction.request), []).append(position)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._positions
+
+    def take(self, key: str) -> int | None:
+        """Position of the recording for the next call with ``key``; None if never recorded."""
+        positions = self._positions.get(key)
+        if positions is None:
+            return None
+        with self._lock:
+            calls = self._calls.get(key, 0)
+            self._calls[key] = calls + 1
+        return positions[min(calls, len(positions) - 1)]
+
+    def forget(self, key: str) -> list[int]:
+        """Stop replaying ``key`` (it is being re-recorded); returns the positions it had."""
+        with self._lock:
+            self._calls.pop(key, None)
+            return self._positions.pop(key, [])
+
+
+# ------------------------------------------------------------------------ explaining a miss
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str  # "messages[1].content", or "url" / "body" for non-JSON parts
+    recorded: Any
+    sent: Any
+
+    def __str__(self) -> str:
+        return f"{self.path}: recorded {_show(self.recorded)}, sent {_show(self.sent)}"
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "(absent)"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def json_differences(recorded: Any, sent: Any, path: str = "") -> list[Difference]:
+    """Field-level differences between two JSON values, as dotted/indexed paths."""
+    if isinstance(recorded, dict) and isinstance(sent, dict):
+        out: list[Difference] = []
+        for key in list(recorded) + [k for k in sent if k not in recorded]:
+            child = f"{path}.{key}" if path else str(key)
+            out += json_differences(recorded.get(key, _MISSING), sent.get(key, _MISSING), child)
+        return out
+    if isinstance(recorded, list) and isinstance(sent, list):
+        out = []
+        for i in range(max(len(recorded), len(sent))):
+            out += json_differences(
+                recorded[i] if i < len(recorded) else _MISSING,
+                sent[i] if i < len(sent) else _MISSING,
+                f"{path}[{i}]",
+            )
+        return out
+    if recorded is sent or (type(recorded) is type(sent) and recorded == sent):
+        return []
+    return [Difference(path or "(body)", recorded, sent)]
+
+
+def request_differences(recorded: RecordedRequest, sent: RecordedRequest) -> list[Difference]:
+    out = []
+    if recorded.method.upper() != sent.method.upper():
+        out.append(Difference("method", recorded.method, sent.method))
+    if recorded.url != sent.url:
+        out.append(Difference("url", recorded.url, sent.url))
+    if "json" in recorded.body and "json" in sent.body:
+        out += json_differences(recorded.body["json"], sent.body["json"])
+    elif _canonical_body(recorded.body) != _canonical_body(sent.body):
+        out.append(Difference("(body)", dict(recorded.body), dict(sent.body)))
+    return out
+
+
+def closest(
+    sent: RecordedRequest, recorded: Sequence[RecordedRequest]
+) -> tuple[int, list[Difference]] | None:
+    """The recorded request nearest to ``sent`` (fewest differing fields), same endpoint first."""
+    target = endpoint(sent.method, sent.url)
+    best: tuple[int, int, list[Difference]] | None = None
+    for position, candidate in enumerate(recorded):
+        differences = request_differences(candidate, sent)
+        # A different endpoint is worse than any number of differing body fields.
+        score = len(differences) + (10_000 if endpoint(candidate.method, candidate.url) != target else 0)
+        if best is None or score < best[0]:
+            best = (score, position, differences)
+    return None if best is None else (best[1], best[2])
+
+
+def describe_miss(sent: RecordedRequest, recorded: Sequence[RecordedRequest], limit: int = 8) -> str:
+    """Lines that show the closest recorded request and the fields that differ."""
+    found = closest(sent, recorded)
+    if found is None:
+        return "The cassette holds no interactions."
+    position, differences = found
+    other = recorded[position]
+    lines = [f"Closest recorded request: #{position} {other.method} {other.url}, which differs in:"]
+    lines += [f"  {difference}" for difference in differences[:limit]]
+    if len(differences) > limit:
+        lines.append(f"  ... and {len(differences) - limit} more fields")
+    return "\n".join(lines)

@@ -1,0 +1,502 @@
+"""Record and replay HTTP traffic sent through httpx and httpx2, with respx as the router.
+
+openai 3.x sends through ``httpx2``, which respx does not patch; openai 2.x and most other
+SDKs send through ``httpx``. While a cassette is in use, the default transports of both
+(sync and async) are patched at ``handle_request`` / ``handle_async_request``: each request
+is converted to an ``httpx.Request`` and resolved by a respx router built from the cassette,
+one route per recorded endpoint, whose side effect looks the request's canonical key up in a
+dict (O(1), whatever the cassette's size). A request the cassette does not hold goes to the
+network when the record mode allows it, and is recorded; otherwise it fails with the closest
+recorded request and the fields that differ.
+
+This bridge was chosen over ``respx.mock(using="httpcore2")`` (pytest-httpx2's mocker)
+because one code path then serves httpx and httpx2 alike, with no extra dependency and no
+reliance on a private mocker registry, at the same measured cost.
+
+    with use_cassette("cassettes/qa.json", record_mode="none"):
+        chain.invoke({"question": "What is MLflow?"})
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import respx
+
+from toolkit.cassette import (
+    Cassette,
+    Interaction,
+    RecordedRequest,
+    RecordedResponse,
+    add_usage,
+    encode_body,
+    parse_events,
+    recorder_versions,
+)
+from toolkit.errors import ReplayMissError, UsageError
+from toolkit.matching import InteractionIndex, describe_miss, endpoint, request_key
+from toolkit.network import NetworkGuard
+from toolkit.redaction import kept_response_headers, redact_url
+
+try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
+    import httpx2
+except ImportError:  # pragma: no cover - httpx2 is a dependency of openai 3.x
+    httpx2 = None
+
+RECORD_MODE_VARIABLE = "CHAINKIT_RECORD_MODE"
+RECORD_VIA_VARIABLE = "CHAINKIT_RECORD_VIA"
+ALLOW_HOSTS_VARIABLE = "CHAINKIT_ALLOW_HOSTS"
+#: Set as OPENAI_API_KEY while replaying without a key: clients refuse to start without one.
+PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RecordMode(str, Enum):
+    """The vcrpy record modes (see the table in the README)."""
+
+    NONE = "none"
+    ONCE = "once"
+    NEW_EPISODES = "new_episodes"
+    ALL = "all"
+
+    @classmethod
+    def parse(cls, value: str | RecordMode | None) -> RecordMode:
+        """``value``, else $CHAINKIT_RECORD_MODE, else ``none``; an error lists the choices."""
+        if value is None or value == "":
+            value = os.environ.get(RECORD_MODE_VARIABLE) or cls.NONE.value
+        try:
+            return cls(str(value.value if isinstance(value, Enum) else value).lower())
+        except ValueError:
+            choices = ", ".join(mode.value for mode in cls)
+            raise UsageError(f"unknown record mode {value!r}: use one of {choices}") from None
+
+
+class _Unrecorded(Exception):
+    """Raised by the router's side effect: the cassette has no (replayable) answer."""
+
+
+class _CassetteRouter(respx.Router):
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        # respx keeps every call for assertions; a long batch job would keep them all.
+        pass
+
+
+# ------------------------------------------------------------------------------- sessions
+
+
+class CassetteSession:
+    """One active cassette: answers requests, records new ones, saves on close."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        record_mode: str | RecordMode | None = None,
+        *,
+        allow_hosts: Iterable[str] = (),
+        record_via: str | None = None,
+    ) -> None:
+        self.mode = RecordMode.parse(record_mode)
+        self.cassette = Cassette.load(path)
+        self.path = self.cassette.path
+        self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
+        self.allow_hosts = {host.lower() for host in allow_hosts}
+        mode, exists = self.mode, self.cassette.exists
+        if mode is RecordMode.NONE and not exists:
+            raise ReplayMissError(
+                f"cassette {self.path} does not exist and record mode is 'none'; record it first "
+                "(--record-mode once) or check the path"
+            )
+        self.replays = mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (
+            mode is RecordMode.ONCE and exists
+        )
+        self.records = mode is RecordMode.NEW_EPISODES or mode is RecordMode.ALL or (
+            mode is RecordMode.ONCE and not exists
+        )
+        self.index = InteractionIndex(self.cassette.interactions if self.replays else ())
+        self.used: set[int] = set()
+        self.new: list[tuple[str, Interaction]] = []
+        self.replayed = 0
+        self._lock = threading.Lock()
+        self.router = self._build_router()
+
+    def _build_router(self) -> respx.Router:
+        router = _CassetteRouter(assert_all_mocked=True, assert_all_called=False)
+        endpoints = {endpoint(i.request.method, i.request.url) for i in self.cassette}
+        for method, host, path in sorted(endpoints):
+            router.route(method=method, host=host.split(":")[0], path=path).side_effect = self._answer
+        router.route().side_effect = self._unrecorded  # any other endpoint
+        return router
+
+    # The respx side effects -------------------------------------------------------------
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        sent = recorded_request(request)
+        position = self.index.take(request_key(sent)) if self.replays else None
+        if position is None:
+            raise _Unrecorded(sent)
+        with self._lock:
+            self.used.add(position)
+            self.replayed += 1
+        response = self.cassette.interactions[position].response
+        return httpx.Response(response.status, headers=response.headers, stream=_ChunkStream(response.chunks()))
+
+    def _unrecorded(self, request: httpx.Request) -> httpx.Response:
+        raise _Unrecorded(recorded_request(request))
+
+    # Recording ------------------------------------------------------------------------------
+
+    def _commit(self, interaction: Interaction) -> None:
+        with self._lock:
+            self.new.append((request_key(interaction.request), interaction))
+
+    def miss(self, sent: RecordedRequest) -> ReplayMissError:
+        why = {
+            RecordMode.NONE: "record mode is 'none'",
+            RecordMode.ONCE: "record mode 'once' records only a new cassette",
+        }.get(self.mode, f"record mode is {self.mode.value!r}")
+        recorded = [interaction.request for interaction in self.cassette]
+        return ReplayMissError(
+            f"no recorded response in {self.path} for {sent.method} {sent.url} ({why}); re-record "
+            "with --record-mode new_episodes, or change the request back.\n"
+            + describe_miss(sent, recorded),
+            request=sent,
+        )
+
+    def close(self) -> None:
+        """Save what was recorded (atomically) and note which recordings were replayed."""
+        with self._lock:
+            new, used = list(self.new), set(self.used)
+        if new:
+            replaced = {key for key, _ in new} if self.mode is RecordMode.ALL else set()
+            kept = [
+                (position, interaction)
+                for position, interaction in enumerate(self.cassette.interactions)
+                if request_key(interaction.request) not in replaced
+            ]
+            moved = {old: new_position for new_position, (old, _) in enumerate(kept)}
+            self.cassette.interactions = [i for _, i in kept] + [i for _, i in new]
+            self.cassette.recorded_with = recorder_versions()
+            self.cassette.save()
+            used = {moved[position] for position in used if position in moved}
+        if used:
+            add_usage(self.path, used)
+
+    # Handling one request -----------------------------------------------------------------------
+
+    def handle(self, request: Any, send: Callable[[Any], Any]) -> Any:
+        """Answer a native (httpx or httpx2) request; ``send`` is the real transport."""
+        module = _module_of(request)
+        if request.url.host.lower() in self.allow_hosts:
+            return send(request)
+        try:
+            return _native_response(module, self.router.handler(_to_httpx(request, request.read())))
+        except _Unrecorded as unrecorded:
+            sent: RecordedRequest = unrecorded.args[0]
+        if not self.records:
+            raise self.miss(sent) from None
+        live = send(self._upstream(module, request))
+        if _is_event_stream(live):
+            return self._tee(module, live, sent)
+        interaction = Interaction(sent, _recorded_response(live, live.read()))
+        live.close()
+        self._commit(interaction)
+        return _native_response(module, _httpx_response(interaction.response))
+
+    async def ahandle(self, request: Any, send: Callable[[Any], Any]) -> Any:
+        module = _module_of(request)
+        if request.url.host.lower() in self.allow_hosts:
+            return await send(request)
+        try:
+            content = await request.aread()
+            return _native_response(module, self.router.handler(_to_httpx(request, content)))
+        except _Unrecorded as unrecorded:
+            sent: RecordedRequest = unrecorded.args[0]
+        if not self.records:
+            raise self.miss(sent) from None
+        live = await send(self._upstream(module, request))
+        if _is_event_stream(live):
+            return self._tee(module, live, sent)
+        interaction = Interaction(sent, _recorded_response(live, await live.aread()))
+        await live.aclose()
+        self._commit(interaction)
+        return _native_response(module, _httpx_response(interaction.response))
+
+    def _upstream(self, module: ModuleType, request: Any) -> Any:
+        """The request to send live: as is, or redirected to $CHAINKIT_RECORD_VIA."""
+        if not self.record_via:
+            return request
+        via = urlsplit(self.record_via)
+        url = request.url.copy_with(scheme=via.scheme, host=via.hostname, port=via.port)
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
+        return module.Request(request.method, url, headers=headers, content=request.content)
+
+    def _tee(self, module: ModuleType, live: Any, sent: RecordedRequest) -> Any:
+        """Pass a live stream through as it arrives; record its events once it has ended."""
+
+        def finish(body: bytes) -> None:
+            response = _recorded_response(live, b"")
+            events = tuple(parse_events(body.decode("utf-8", errors="replace")))
+            self._commit(Interaction(sent, RecordedResponse(response.status, response.headers, events=events)))
+
+        headers = kept_response_headers(live.headers)
+        return module.Response(live.status_code, headers=headers, stream=_TeeStream(live, finish))
+
+
+def recorded_request(request: httpx.Request) -> RecordedRequest:
+    return RecordedRequest(request.method, redact_url(str(request.url)), encode_body(request.content))
+
+
+def _recorded_response(live: Any, content: bytes) -> RecordedResponse:
+    return RecordedResponse(live.status_code, kept_response_headers(live.headers), encode_body(content))
+
+
+def _is_event_stream(response: Any) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
+
+
+def _httpx_response(response: RecordedResponse) -> httpx.Response:
+    return httpx.Response(response.status, headers=response.headers, stream=_ChunkStream(response.chunks()))
+
+
+# ------------------------------------------------------------------ httpx <-> httpx2 bridge
+
+
+def _module_of(request: Any) -> ModuleType:
+    return httpx if isinstance(request, httpx.Request) else httpx2  # type: ignore[return-value]
+
+
+def _to_httpx(request: Any, content: bytes) -> httpx.Request:
+    if isinstance(request, httpx.Request):
+        return request
+    return httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=content)
+
+
+def _native_response(module: ModuleType, response: httpx.Response) -> Any:
+    if module is httpx:
+        return response
+    return module.Response(response.status_code, headers=response.headers.multi_items(), stream=response.stream)
+
+
+_STREAM_BASES: tuple[type, ...] = (httpx.SyncByteStream, httpx.AsyncByteStream)
+if httpx2 is not None:
+    _STREAM_BASES += (httpx2.SyncByteStream, httpx2.AsyncByteStream)
+
+
+class _ChunkStream(*_STREAM_BASES):  # type: ignore[misc]
+    """A recorded body, yielded chunk by chunk (one chunk per server-sent event), sync or async."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class _TeeStream(*_STREAM_BASES):  # type: ignore[misc]
+    """A live response stream passed through chunk by chunk; ``finish`` gets the whole body.
+
+    Clients stop reading at the last event they need (openai at ``[DONE]``) and close the
+    response: closing drains what is left, so the recording is always the whole stream.
+    """
+
+    def __init__(self, live: Any, finish: Callable[[bytes], None]) -> None:
+        self.live, self.finish, self.parts, self.done = live, finish, list[bytes](), False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.live.iter_bytes():
+            self.parts.append(chunk)
+            yield chunk
+        self._finish()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.live.aiter_bytes():
+            self.parts.append(chunk)
+            yield chunk
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.finish(b"".join(self.parts))
+
+    def close(self) -> None:
+        if not self.done and not self.live.is_stream_consumed:
+            self.parts.extend(self.live.iter_bytes())
+        self._finish()
+        self.live.close()
+
+    async def aclose(self) -> None:
+        if not self.done and not self.live.is_stream_consumed:
+            self.parts.extend([chunk async for chunk in self.live.aiter_bytes()])
+        self._finish()
+        await self.live.aclose()
+
+
+# ------------------------------------------------------------------------ patching transports
+
+_sessions: list[CassetteSession] = []
+_patch_lock = threading.Lock()
+_originals: list[tuple[type, str, Any]] = []
+
+
+def active_session() -> CassetteSession | None:
+    """The innermost cassette in use, if any (shared by all threads of the process)."""
+    return _sessions[-1] if _sessions else None
+
+
+def _transport_targets() -> list[tuple[type, str, bool]]:
+    targets: list[tuple[type, str, bool]] = [
+        (httpx.HTTPTransport, "handle_request", False),
+        (httpx.AsyncHTTPTransport, "handle_async_request", True),
+    ]
+    if httpx2 is not None:
+        targets += [
+            (httpx2.HTTPTransport, "handle_request", False),
+            (httpx2.AsyncHTTPTransport, "handle_async_request", True),
+        ]
+    return targets
+
+
+def _patched(original: Any, is_async: bool) -> Any:
+    if is_async:
+
+        @functools.wraps(original)
+        async def handle_async_request(transport: Any, request: Any) -> Any:
+            session = active_session()
+            if session is None:
+                return await original(transport, request)
+            return await session.ahandle(request, lambda r: original(transport, r))
+
+        return handle_async_request
+
+    @functools.wraps(original)
+    def handle_request(transport: Any, request: Any) -> Any:
+        session = active_session()
+        if session is None:
+            return original(transport, request)
+        return session.handle(request, lambda r: original(transport, r))
+
+    return handle_request
+
+
+def _push(session: CassetteSession) -> None:
+    with _patch_lock:
+        if not _sessions:
+            for cls, name, is_async in _transport_targets():
+                original = cls.__dict__[name]
+                _originals.append((cls, name, original))
+                setattr(cls, name, _patched(original, is_async))
+        _sessions.append(session)
+
+
+def _pop(session: CassetteSession) -> None:
+    with _patch_lock:
+        _sessions.remove(session)
+        if not _sessions:
+            while _originals:
+                cls, name, original = _originals.pop()
+                setattr(cls, name, original)
+
+
+# ---------------------------------------------------------------------------- use_cassette
+
+
+def mlflow_hosts() -> set[str]:
+    """Hosts of the MLflow tracking and registry servers in use: they stay reachable."""
+    uris = [os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_REGISTRY_URI", "")]
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        uris += [mlflow.get_tracking_uri(), mlflow.get_registry_uri()]
+    return {urlsplit(uri).hostname or "" for uri in uris if uri.startswith(("http://", "https://"))} - {""}
+
+
+class use_cassette:  # noqa: N801 - a context manager named like a function, as in vcrpy
+    """Replay (and, if the record mode allows, record) HTTP traffic from a cassette file.
+
+    A context manager and a decorator (of sync and async functions alike)::
+
+        with use_cassette("cassettes/qa.json", record_mode="once") as session:
+            chain.invoke(...)
+
+    ``record_mode``: none (default; or $CHAINKIT_RECORD_MODE), once, new_episodes, all.
+    ``allow_hosts``: hosts that may be reached live in every mode (their traffic is not
+    recorded). The MLflow tracking server of $MLFLOW_TRACKING_URI is always allowed.
+    ``record_via``: send live traffic to this base URL instead (an OpenAI-compatible gateway
+    or a local server); the cassette keeps the original URLs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        record_mode: str | RecordMode | None = None,
+        *,
+        allow_hosts: Iterable[str] = (),
+        record_via: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.record_mode = RecordMode.parse(record_mode)
+        env_hosts = [h for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
+        self.allow_hosts = [*allow_hosts, *env_hosts]
+        self.record_via = record_via
+        self._entered: list[tuple[CassetteSession, NetworkGuard | None, str | None]] = []
+
+    def __enter__(self) -> CassetteSession:
+        session = CassetteSession(
+            self.path, self.record_mode, allow_hosts=self.allow_hosts, record_via=self.record_via
+        )
+        guard = None
+        if session.mode is RecordMode.NONE:
+            guard = NetworkGuard([*session.allow_hosts, *mlflow_hosts()])
+            guard.__enter__()
+        previous_key = os.environ.get("OPENAI_API_KEY")
+        if previous_key is None and (session.mode is RecordMode.NONE or session.record_via):
+            os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+        _push(session)
+        self._entered.append((session, guard, previous_key))
+        return session
+
+    def __exit__(self, *exc_info: object) -> None:
+        session, guard, previous_key = self._entered.pop()
+        _pop(session)
+        if previous_key is None and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
+            del os.environ["OPENAI_API_KEY"]
+        if guard is not None:
+            guard.__exit__(*exc_info)
+        session.close()
+
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self:
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+__all__ = ["CassetteSession", "RecordMode", "active_session", "use_cassette"]
