@@ -1,9 +1,9 @@
-"""A fake OpenAI-compatible HTTP server on 127.0.0.1, standard library only.
+"""A fake OpenAI-compatible HTTP server on 127.0.0.1 (standard library only).
 
-Used by tests, benchmarks and cassette recording because the real API is unreachable here.
-Response shapes, headers and SSE framing follow the real recordings in
-/work/shared/data/openai-recorded (api.openai.com, 2025-2026). Bodies are a pure function of
-the request (ids come from a hash of it), so recordings made against this server are reproducible.
+The real API cannot be reached from here, so tests, benchmarks and cassette recording talk to this.
+Field names, ids, usage objects, headers and SSE framing follow the real api.openai.com responses
+recorded in /work/shared/data/openai-recorded. Bodies are a pure function of the request (ids are
+hashes of it, "created" is fixed), so recordings made against this server are reproducible.
 
     with OpenAIServer() as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="test")
@@ -12,6 +12,7 @@ the request (ids come from a hash of it), so recordings made against this server
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -22,19 +23,21 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
 Responder = Callable[[str, dict[str, Any]], str]
+Body = dict[str, Any]
 
-CREATED = 1760395822  # fixed "created" timestamp keeps bodies deterministic
+CREATED = 1760395822  # fixed timestamp (taken from a recording) keeps bodies deterministic
 EMBEDDING_DIM = 8
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream; charset=utf-8"
 HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "content-encoding", "keep-alive"}
-RATE_LIMIT_HEADERS = {
+STANDARD_HEADERS = {
+    "openai-version": "2020-10-01",
     "x-ratelimit-limit-requests": "10000",
     "x-ratelimit-limit-tokens": "30000000",
     "x-ratelimit-remaining-requests": "9999",
@@ -42,7 +45,7 @@ RATE_LIMIT_HEADERS = {
     "x-ratelimit-reset-requests": "6ms",
     "x-ratelimit-reset-tokens": "0s",
 }
-ERRORS: dict[int, tuple[str, str, str | None]] = {  # status -> (message, type, code)
+ERRORS: dict[int, tuple[str, str, str | None]] = {  # status -> (message, type, code), as the API sends them
     400: ("Invalid request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
     404: ("Not found.", "invalid_request_error", None),
@@ -54,7 +57,7 @@ ERRORS: dict[int, tuple[str, str, str | None]] = {  # status -> (message, type, 
 
 @dataclass(frozen=True)
 class Fault:
-    """One error answer, served (in order, one per request) before normal answers."""
+    """An error answer, served (in order, one per request) before normal answers."""
 
     status: int
     retry_after: float | None = None
@@ -69,115 +72,89 @@ class ReceivedRequest:
     body: Any  # parsed JSON, or None
 
 
-def error_body(status: int, message: str | None = None) -> dict[str, Any]:
-    default_message, kind, code = ERRORS.get(
-        status, (f"HTTP {status}", "server_error" if status >= 500 else "invalid_request_error", None)
-    )
-    return {"error": {"message": message or default_message, "type": kind, "param": None, "code": code}}
+@dataclass
+class _Answer:
+    """What the handler sends: `body` with a Content-Length, or `events` as a chunked stream."""
+
+    status: int
+    content_type: str
+    body: bytes = b""
+    events: Iterable[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    recorded: bool = False  # recorded answers carry their own headers
+
+    @classmethod
+    def json(cls, data: Body, status: int = 200, headers: dict[str, str] | None = None) -> _Answer:
+        return cls(status, JSON_TYPE, json.dumps(data, indent=2).encode() + b"\n", headers=headers or {})
+
+
+def error_body(status: int, message: str | None = None) -> Body:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    default, kind, code = ERRORS.get(status, (f"HTTP {status}", kind, None))
+    return {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
 
 
 def _text_of(content: Any) -> str:
-    """Text of a message content: a string or a list of parts such as {"type": "text", "text": ...}."""
-    if isinstance(content, str):
-        return content
+    """A message content: a string, or parts such as {"type": "input_text", "text": ...}."""
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
-    return ""
+        return " ".join(str(p["text"]) for p in content if isinstance(p, dict) and "text" in p)
+    return content if isinstance(content, str) else ""
 
 
 def _last_user_text(messages: Any) -> str:
-    if isinstance(messages, str):
-        return messages
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role", "user") == "user":
                 return _text_of(message.get("content"))
-    return ""
+    return messages if isinstance(messages, str) else ""
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
-    if "messages" in body:
-        return _last_user_text(body["messages"])
-    if "input" in body:
-        return _last_user_text(body["input"])
+def default_responder(endpoint: str, body: Body) -> str:
+    """Deterministic answer from the last user message (chat), input (responses) or prompt."""
+    if "messages" in body or "input" in body:
+        return f"Answer to: {_last_user_text(body.get('messages', body.get('input')))}"
     prompt = body.get("prompt", "")
-    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+    return f"Answer to: {prompt if isinstance(prompt, str) else json.dumps(prompt)}"
 
 
-def default_responder(endpoint: str, body: dict[str, Any]) -> str:
-    return f"Answer to: {_prompt_text(body)}"
-
-
-def count_tokens(text: str) -> int:
-    """Deterministic stand-in for a tokenizer: the number of words."""
-    return len(text.split())
-
-
-def _all_text(value: Any) -> str:
-    """Every string inside a JSON value, joined (for prompt token counts)."""
+def count_tokens(value: Any) -> int:
+    """Deterministic stand-in for a tokenizer: words in the text (token lists count their length)."""
     if isinstance(value, str):
-        return value
+        return len(value.split())
     if isinstance(value, list):
-        return " ".join(_all_text(v) for v in value)
+        return len(value) if all(isinstance(v, int) for v in value) else sum(count_tokens(v) for v in value)
     if isinstance(value, dict):
-        return " ".join(_all_text(v) for k, v in value.items() if k in ("content", "text", "input", "prompt"))
-    return ""
+        return sum(count_tokens(v) for k, v in value.items() if k in ("content", "text"))
+    return 0
 
 
 def _words(text: str) -> list[str]:
-    """Split text into stream pieces whose concatenation is the text: "a b c" -> "a", " b", " c"."""
+    """Stream pieces whose concatenation is the text: "a b c" -> ["a", " b", " c"]."""
     return re.findall(r"\s*\S+|\s+", text)
 
 
-def _make_id(prefix: str, *parts: Any, length: int = 29) -> str:
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return prefix + digest[:length]
+def _make_id(prefix: str, kind: str, body: Body, length: int) -> str:
+    return prefix + hashlib.sha256(json.dumps([kind, body], sort_keys=True).encode()).hexdigest()[:length]
 
 
-def embedding(key: str, dim: int) -> list[float]:
-    """A normalized float32 vector derived from a hash of key."""
-    raw = b"".join(hashlib.sha256(f"{key}:{i}".encode()).digest() for i in range(dim // 8 + 1))
+def embedding(key: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A unit-length vector (float32 values) derived from a hash of key."""
+    raw = b"".join(hashlib.sha256(f"{key}:{i}".encode()).digest() for i in range(dim // 32 + 1))
     values = [(b - 127.5) / 127.5 for b in raw[:dim]]
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     return list(struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *(v / norm for v in values))))
 
 
-def _chat_usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
+def _sse(data: Body | str, event: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
 
 
-class _Answer:
-    """What the handler sends: a JSON body, or a stream of SSE events."""
-
-    def __init__(self, status: int, content_type: str, body: bytes = b"", events: Iterable[bytes] | None = None,
-                 headers: dict[str, str] | None = None, recorded: bool = False) -> None:
-        self.status, self.content_type, self.body, self.events = status, content_type, body, events
-        self.headers = headers or {}
-        self.recorded = recorded  # recorded answers carry their own headers
-
-    @classmethod
-    def json(cls, data: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> _Answer:
-        return cls(status, JSON_TYPE, json.dumps(data, indent=2).encode() + b"\n", headers=headers)
-
-    @classmethod
-    def stream(cls, events: Iterable[bytes]) -> _Answer:
-        return cls(200, SSE_TYPE, events=events)
+def _as_list(value: Any) -> list[Any]:
+    """Embedding inputs / completion prompts: one string or token list, or a list of them."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        return [value]
+    return list(value) if isinstance(value, list) else [value]
 
 
 class OpenAIServer:
@@ -187,17 +164,16 @@ class OpenAIServer:
         self.latency = latency
         self.requests: list[ReceivedRequest] = []
         self._faults: deque[Fault] = deque(faults)
+        self._recorded: list[Body] = []
+        for path in sorted(Path(recorded_dir).glob("*.json")) if recorded_dir is not None else []:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "endpoint" in data and "response" in data:
+                self._recorded.append(data)
         self._lock = threading.Lock()
-        self._recorded: list[dict[str, Any]] = []
-        if recorded_dir is not None:
-            for path in sorted(Path(recorded_dir).glob("*.json")):
-                data = json.loads(path.read_text())
-                if isinstance(data, dict) and "endpoint" in data and "response" in data:
-                    self._recorded.append(data)
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -208,7 +184,7 @@ class OpenAIServer:
     def start(self) -> Self:
         if self._httpd is None:
             self._stopping.clear()
-            self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _make_handler(self))
+            self._httpd = _HTTPServer(("127.0.0.1", 0), _make_handler(self))
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                             name="OpenAIServer", daemon=True)
             self._thread.start()
@@ -218,15 +194,13 @@ class OpenAIServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        self._stopping.set()  # interrupts latency sleeps
+        self._stopping.set()  # cuts latency sleeps short
         httpd.shutdown()
         httpd.server_close()
-        with self._lock:  # wake handler threads blocked on idle keep-alive connections
+        with self._lock:  # wake handler threads waiting on idle keep-alive connections
             for conn in self._connections:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -236,7 +210,7 @@ class OpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- answering ---------------------------------------------------------------------------
+    # -- answering -----------------------------------------------------------------------------
 
     def _answer(self, method: str, path: str, body: Any) -> _Answer:
         with self._lock:
@@ -247,7 +221,7 @@ class OpenAIServer:
             headers = {} if fault.retry_after is None else {"retry-after": f"{fault.retry_after:g}"}
             return _Answer.json(fault.body or error_body(fault.status), fault.status, headers)
         endpoint = path.split("?", 1)[0].removeprefix("/v1/")
-        handlers: dict[str, Callable[[dict[str, Any]], _Answer]] = {
+        handlers: dict[str, Callable[[Body], _Answer]] = {
             "chat/completions": self._chat, "responses": self._responses,
             "embeddings": self._embeddings, "completions": self._completions,
         }
@@ -255,47 +229,49 @@ class OpenAIServer:
             return _Answer.json(error_body(404, f"Invalid URL ({method} {path})"), 404)
         if not isinstance(body, dict):
             return _Answer.json(error_body(400, "We could not parse the JSON body of your request."), 400)
-        recorded = self._find_recorded(endpoint, body)
-        if recorded is not None:
-            return recorded
         try:
-            return handlers[endpoint](body)
-        except Exception as exc:  # noqa: BLE001 - a broken responder should be visible to the client, not hang it
+            return self._find_recorded(endpoint, body) or handlers[endpoint](body)
+        except Exception as exc:  # a failing responder must reach the client, not hang it
             return _Answer.json(error_body(500, f"fake server error: {exc!r}"), 500)
 
-    def _find_recorded(self, endpoint: str, body: dict[str, Any]) -> _Answer | None:
+    def _find_recorded(self, endpoint: str, body: Body) -> _Answer | None:
+        """The recording of this exact request, else the first of this endpoint and stream flag."""
         stream = bool(body.get("stream", False))
-        candidates = [r for r in self._recorded
-                      if r["endpoint"] == endpoint and bool(r["request"]["body"].get("stream", False)) == stream]
+        candidates = [r for r in self._recorded if r["endpoint"] == endpoint
+                      and bool(r["request"]["body"].get("stream", False)) == stream]
         if not candidates:
             return None
-        chosen = next((r for r in candidates if r["request"]["body"] == body), candidates[0])
-        response = chosen["response"]
+        response = next((r for r in candidates if r["request"]["body"] == body), candidates[0])["response"]
         headers = {k: v for k, v in response["headers"].items() if k.lower() not in HOP_BY_HOP}
         content_type = headers.pop("content-type", JSON_TYPE)
         data: bytes = response["body"].encode()
         if stream:
-            events = [e + b"\n\n" for e in data.split(b"\n\n") if e]
+            events = [event + b"\n\n" for event in data.split(b"\n\n") if event]
             return _Answer(response["status"], content_type, events=events, headers=headers, recorded=True)
-        return _Answer(response["status"], content_type, body=data, headers=headers, recorded=True)
+        return _Answer(response["status"], content_type, data, headers=headers, recorded=True)
 
-    def _chat(self, body: dict[str, Any]) -> _Answer:
+    def _chat(self, body: Body) -> _Answer:
         text = self.responder("chat/completions", body)
-        model = str(body.get("model", "gpt-4o-mini"))
-        chat_id = _make_id("chatcmpl-", "chat", body)
-        usage = _chat_usage(count_tokens(_all_text(body.get("messages"))), count_tokens(text))
-        head = {"id": chat_id, "object": "chat.completion", "created": CREATED, "model": model}
+        head = {"id": _make_id("chatcmpl-", "chat", body, 29), "object": "chat.completion",
+                "created": CREATED, "model": str(body.get("model", "gpt-4o-mini"))}
         tail = {"service_tier": "default", "system_fingerprint": "fp_fakeserver"}
+        prompt, completion = count_tokens(body.get("messages")), count_tokens(text)
+        usage = {
+            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
             return _Answer.json({**head, "choices": [choice], "usage": usage, **tail})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        head["object"] = "chat.completion.chunk"
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        def chunk(delta: Body, finish: str | None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            data = {**head, "object": "chat.completion.chunk", **tail, "choices": [choice]}
-            return _sse({**data, "usage": None} if include_usage else data)
+            return _sse({**head, **tail, "choices": [choice], **({"usage": None} if include_usage else {})})
 
         def events() -> Iterator[bytes]:
             yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
@@ -303,25 +279,25 @@ class OpenAIServer:
                 yield chunk({"content": word}, None)
             yield chunk({}, "stop")
             if include_usage:
-                yield _sse({**head, "object": "chat.completion.chunk", **tail, "choices": [], "usage": usage})
+                yield _sse({**head, **tail, "choices": [], "usage": usage})
             yield _sse("[DONE]")
 
-        return _Answer.stream(events())
+        return _Answer(200, SSE_TYPE, events=events())
 
-    def _responses(self, body: dict[str, Any]) -> _Answer:
+    def _responses(self, body: Body) -> _Answer:
         text = self.responder("responses", body)
-        resp_id = _make_id("resp_", "response", body, length=50)
-        msg_id = _make_id("msg_", "message", body, length=50)
-        input_tokens, output_tokens = count_tokens(_all_text(body.get("input"))), count_tokens(text)
+        msg_id = _make_id("msg_", "message", body, 50)
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        message = {"id": msg_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
-        usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": input_tokens + output_tokens}
+        message = {"id": msg_id, "type": "message", "status": "completed", "content": [part],
+                   "role": "assistant"}
+        prompt, completion = count_tokens(body.get("input")), count_tokens(text)
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": prompt + completion}
 
-        def response(done: bool) -> dict[str, Any]:
+        def response(done: bool) -> Body:
             return {
-                "id": resp_id, "object": "response", "created_at": CREATED,
+                "id": _make_id("resp_", "response", body, 50), "object": "response", "created_at": CREATED,
                 "status": "completed" if done else "in_progress", "background": False,
                 **({"billing": {"payer": "developer"}} if done and not body.get("stream") else {}),
                 "completed_at": CREATED if done else None, "error": None, "frequency_penalty": 0.0,
@@ -341,52 +317,46 @@ class OpenAIServer:
 
         if not body.get("stream"):
             return _Answer.json(response(done=True))
-        ids = {"item_id": msg_id, "output_index": 0}
-        steps: list[dict[str, Any]] = [
+        at = {"content_index": 0, "item_id": msg_id, "output_index": 0}
+        steps: list[Body] = [
             {"type": "response.created", "response": response(done=False)},
             {"type": "response.in_progress", "response": response(done=False)},
-            {"type": "response.output_item.added", "item": {**message, "status": "in_progress", "content": []},
-             "output_index": 0},
-            {"type": "response.content_part.added", "content_index": 0, **ids, "part": {**part, "text": ""}},
-            *({"type": "response.output_text.delta", "content_index": 0, "delta": word, "item_id": msg_id,
-               "logprobs": [], "output_index": 0} for word in _words(text)),
-            {"type": "response.output_text.done", "content_index": 0, **ids, "logprobs": [], "text": text},
-            {"type": "response.content_part.done", "content_index": 0, **ids, "part": part},
-            {"type": "response.output_item.done", "item": message, "output_index": 0},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {**message, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+            *({"type": "response.output_text.delta", **at, "delta": word, "logprobs": []}
+              for word in _words(text)),
+            {"type": "response.output_text.done", **at, "logprobs": [], "text": text},
+            {"type": "response.content_part.done", **at, "part": part},
+            {"type": "response.output_item.done", "output_index": 0, "item": message},
             {"type": "response.completed", "response": response(done=True)},
         ]
-        return _Answer.stream(_sse({**step, "sequence_number": n}, step["type"]) for n, step in enumerate(steps))
+        events = (_sse({**step, "sequence_number": n}, step["type"]) for n, step in enumerate(steps))
+        return _Answer(200, SSE_TYPE, events=events)
 
-    def _embeddings(self, body: dict[str, Any]) -> _Answer:
-        raw = body.get("input", [])
-        inputs: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+    def _embeddings(self, body: Body) -> _Answer:
         dim = int(body.get("dimensions", EMBEDDING_DIM))
-        data: list[dict[str, Any]] = []
-        tokens = 0
-        for index, item in enumerate(inputs):
-            key = item if isinstance(item, str) else json.dumps(item)
-            vector = embedding(key, dim)
-            tokens += count_tokens(item) if isinstance(item, str) else len(item)
+        data: list[Body] = []
+        for index, item in enumerate(_as_list(body.get("input", []))):
+            vector = embedding(item if isinstance(item, str) else json.dumps(item), dim)
             value: Any = vector
-            if body.get("encoding_format") == "base64":
+            if body.get("encoding_format") == "base64":  # little-endian float32, as the API sends
                 value = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": value})
-        model = str(body.get("model", "text-embedding-3-small"))
-        return _Answer.json({"object": "list", "data": data, "model": model,
+        tokens = count_tokens(_as_list(body.get("input", [])))
+        return _Answer.json({"object": "list", "data": data, "model": str(body.get("model", "")),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    def _completions(self, body: dict[str, Any]) -> _Answer:
-        raw = body.get("prompt", "")
-        prompts: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+    def _completions(self, body: Body) -> _Answer:
+        prompts = _as_list(body.get("prompt", ""))
         texts = [self.responder("completions", {**body, "prompt": p}) for p in prompts]
-        head = {"id": _make_id("cmpl-", "completion", body), "object": "text_completion", "created": CREATED}
+        head = {"id": _make_id("cmpl-", "completion", body, 29), "object": "text_completion", "created": CREATED}
         model = str(body.get("model", "gpt-3.5-turbo-instruct"))
-        prompt_tokens = sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
-        completion_tokens = sum(count_tokens(t) for t in texts)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
+        prompt, completion = count_tokens(prompts), count_tokens(texts)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         if not body.get("stream"):
-            choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)]
+            choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": "stop"}
+                       for i, t in enumerate(texts)]
             return _Answer.json({**head, "model": model, "choices": choices, "usage": usage})
 
         def chunk(text: str, index: int, finish: str | None) -> bytes:
@@ -395,21 +365,20 @@ class OpenAIServer:
 
         def events() -> Iterator[bytes]:
             for index, text in enumerate(texts):
-                for word in _words(text):
-                    yield chunk(word, index, None)
+                yield from (chunk(word, index, None) for word in _words(text))
                 yield chunk("", index, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield _sse({**head, "model": model, "usage": usage, "choices": []})
             yield _sse("[DONE]")
 
-        return _Answer.stream(events())
+        return _Answer(200, SSE_TYPE, events=events())
 
 
-class _QuietHTTPServer(ThreadingHTTPServer):
+class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, OSError)):  # clients hanging up are normal
+        if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up mid-stream are normal
             super().handle_error(request, client_address)
 
 
@@ -430,25 +399,20 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _handle(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            raw = self.rfile.read(length) if length else b""
+        def handle_request(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
             try:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = ReceivedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             with server._lock:
-                server.requests.append(ReceivedRequest(self.command, self.path, headers, body))
-            self._send(server._answer(self.command, self.path, body))
-
-        def _send(self, answer: _Answer) -> None:
+                server.requests.append(request)
+            answer = server._answer(self.command, self.path, body)
             self.send_response(answer.status)
-            self.send_header("content-type", answer.content_type)
-            headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
+            headers = {"content-type": answer.content_type, "x-request-id": f"req_{uuid.uuid4().hex}"}
             if not answer.recorded:
-                headers |= {"openai-version": "2020-10-01", "openai-processing-ms": str(round(server.latency * 1000))}
-                headers |= RATE_LIMIT_HEADERS
+                headers |= {**STANDARD_HEADERS, "openai-processing-ms": str(round(server.latency * 1000))}
             for name, value in (headers | answer.headers).items():
                 self.send_header(name, value)
             if answer.events is None:
@@ -458,12 +422,11 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
-            for event in answer.events:  # one HTTP chunk per SSE event, flushed so clients see a stream
+            for event in answer.events:  # one HTTP chunk per SSE event, flushed: clients see a real stream
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
 
-        do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _handle
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_request  # noqa: N815 (http.server names)
 
     return Handler
-

@@ -110,8 +110,7 @@ def test_missing_set_model(tmp_path: Path) -> None:
     found = problem(path)
     assert found.line == 0
     assert found.message == (
-        "no top-level mlflow.models.set_model(...) call: "
-        "end the module with mlflow.models.set_model(chain)"
+        "no top-level mlflow.models.set_model(...) call: end the module with mlflow.models.set_model(chain)"
     )
 
 
@@ -261,7 +260,7 @@ set_model(CircleAreaModel())
 def test_pyfunc_docs_circle_area_example(tmp_path: Path) -> None:
     result = spec(write(tmp_path, "circle.py", CIRCLE_AREA))
     assert result.flavor is Flavor.PYFUNC
-    assert result.flavor == "pyfunc"
+    assert str(result.flavor) == "pyfunc"
     assert result.line == 12
 
 
@@ -427,6 +426,21 @@ def test_duplicate_name_reports_second_candidate(tmp_path: Path) -> None:
     assert f"already defined by {chains / 'qa.py'}" in dup.message
 
 
+def test_problems_sorted_by_path(tmp_path: Path) -> None:
+    chains = tmp_path / "chains"
+    write(chains, "x.py", "x = (\n")
+    write(chains, "x/__init__.py", CHAIN)
+    write(chains, "a.py", "import mlflow\n")
+    found = discover(chains)
+    assert found.chains == ()
+    assert [p.path for p in found.problems] == [
+        chains / "a.py",
+        chains / "x" / "__init__.py",
+        chains / "x.py",
+    ]
+    assert "already defined by" in found.problems[1].message
+
+
 def test_missing_chains_dir(tmp_path: Path) -> None:
     found = discover(tmp_path / "chains")
     assert found.chains == ()
@@ -448,8 +462,7 @@ def test_problem_paths_keep_the_given_form(tmp_path: Path, monkeypatch: pytest.M
 
 def make_discovery(*names: str) -> Discovery:
     chains = tuple(
-        ChainSpec(name, Path(f"/c/{name}.py"), Flavor.LANGCHAIN, "", None, None, 1)
-        for name in names
+        ChainSpec(name, Path(f"/c/{name}.py"), Flavor.LANGCHAIN, "", None, None, 1) for name in names
     )
     return Discovery(chains, ())
 

@@ -19,12 +19,12 @@ from typing import Any
 import openai
 import pytest
 from langchain_openai import ChatOpenAI, OpenAI, OpenAIEmbeddings
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai_server import Fault, OpenAIServer
 from pydantic import BaseModel
 
-from openai_server import Fault, OpenAIServer
-
 RECORDED = Path("/work/shared/data/openai-recorded")
-USER = [{"role": "user", "content": "hello there world"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there world"}]
 needs_recordings = pytest.mark.skipif(not RECORDED.is_dir(), reason="no recorded OpenAI responses here")
 
 
@@ -69,7 +69,8 @@ def test_chat_stream_concatenates_to_non_streamed_content(server: OpenAIServer) 
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert "".join(deltas) == full and len([d for d in deltas if d]) >= 3
     assert chunks[-2].choices[0].finish_reason == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens == 5
     without_usage = list(api.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True))
     assert all(c.usage is None and c.choices for c in without_usage)
 
@@ -84,7 +85,8 @@ def test_async_client_chat_and_responses(server: OpenAIServer) -> None:
         await api.close()
         return chat.choices[0].message.content, streamed, response.output_text
 
-    assert asyncio.run(run()) == ("Answer to: hello there world", "Answer to: hello there world", "Answer to: async hi")
+    hello = "Answer to: hello there world"
+    assert asyncio.run(run()) == (hello, hello, "Answer to: async hi")
 
 
 class Capital(BaseModel):
@@ -104,26 +106,28 @@ def test_responder_tools_and_json_schema() -> None:
         parsed = api.chat.completions.parse(model="gpt-4o", messages=USER, response_format=Capital)
         assert parsed.choices[0].message.parsed == Capital(answer="Paris", confidence=0.99)
         assert srv.requests[0].body["response_format"]["type"] == "json_schema"
-        tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-        answer = api.chat.completions.create(model="gpt-4o", messages=USER, tools=[tool]).choices[0]  # type: ignore[list-item]
-        assert (answer.message.content, answer.message.tool_calls, answer.finish_reason) == ("plain text", None, "stop")
+        tool: ChatCompletionToolParam = {"type": "function", "function": {"name": "weather", "parameters": {}}}
+        answer = api.chat.completions.create(model="gpt-4o", messages=USER, tools=[tool]).choices[0]
+        assert answer.message.content == "plain text" and answer.finish_reason == "stop"
+        assert answer.message.tool_calls is None
     assert seen == ["chat/completions", "chat/completions"]
 
 
 def test_responses_non_stream_and_stream(server: OpenAIServer) -> None:
     api = client(server)
-    response = api.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": "count to three"}],
-                                    instructions="Be brief.")
-    assert response.object == "response" and response.id.startswith("resp_") and response.status == "completed"
+    response = api.responses.create(model="gpt-4o-mini", instructions="Be brief.",
+                                    input=[{"role": "user", "content": "count to three"}])
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_") and len(response.id) == 55
     assert response.output_text == "Answer to: count to three" and response.instructions == "Be brief."
     assert response.usage is not None and response.usage.output_tokens == 5
     events = list(api.responses.create(model="gpt-4o-mini", input="count to three", stream=True))
     types = [e.type for e in events]
     deltas = types.count("response.output_text.delta")
     assert deltas >= 3 and types == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-        *["response.output_text.delta"] * deltas, "response.output_text.done", "response.content_part.done",
-        "response.output_item.done", "response.completed"]
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added", *["response.output_text.delta"] * deltas, "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1].response  # type: ignore[union-attr]
@@ -134,7 +138,8 @@ def test_embeddings_both_encodings(server: OpenAIServer) -> None:
     api = client(server)
     default = api.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
     assert server.requests[-1].body["encoding_format"] == "base64"  # the client's default
-    floats = api.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"], encoding_format="float")
+    floats = api.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"],
+                                   encoding_format="float")
     assert server.requests[-1].body["encoding_format"] == "float"
     vectors = [d.embedding for d in default.data]
     assert vectors == [d.embedding for d in floats.data]
@@ -147,12 +152,13 @@ def test_embeddings_both_encodings(server: OpenAIServer) -> None:
 
 
 def test_embeddings_base64_wire_format(server: OpenAIServer) -> None:
-    status, headers, raw = post_raw(server, "/embeddings", {"model": "m", "input": "alpha", "encoding_format": "base64"})
+    request = {"model": "m", "input": "alpha", "encoding_format": "base64"}
+    status, headers, raw = post_raw(server, "/embeddings", request)
     payload = json.loads(raw)
     assert status == 200 and headers["content-type"] == "application/json" and payload["object"] == "list"
     vector = struct.unpack("<8f", base64.b64decode(payload["data"][0]["embedding"]))
-    floats = client(server).embeddings.create(model="m", input="alpha", encoding_format="float").data[0].embedding
-    assert list(vector) == floats
+    floats = client(server).embeddings.create(model="m", input="alpha", encoding_format="float")
+    assert list(vector) == floats.data[0].embedding
 
 
 def test_legacy_completions(server: OpenAIServer) -> None:

@@ -13,9 +13,11 @@ import difflib
 import re
 import tokenize
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from toolkit.errors import ChainNotFoundError
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SET_MODEL = {"mlflow.models.set_model", "mlflow.models.model.set_model"}
@@ -28,11 +30,7 @@ _MAIN_TESTS = {"__name__ == '__main__'", "'__main__' == __name__"}
 _END_WITH_SET_MODEL = "end the module with mlflow.models.set_model(chain)"
 
 
-class ChainNotFoundError(LookupError):
-    """No discovered chain has the requested name."""
-
-
-class Flavor(str, Enum):
+class Flavor(StrEnum):
     """MLflow flavor used to log a chain."""
 
     LANGCHAIN = "langchain"
@@ -81,9 +79,7 @@ class Discovery:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         available = ", ".join(names) or "none"
-        raise ChainNotFoundError(
-            f"no chain named {name!r}{hint} (available: {available})"
-        )
+        raise ChainNotFoundError(f"no chain named {name!r}{hint} (available: {available})")
 
 
 def discover(chains_dir: Path) -> Discovery:
@@ -107,10 +103,7 @@ def discover(chains_dir: Path) -> Discovery:
     seen: dict[str, Path] = {}
     for name, path in candidates:
         if name in seen:
-            message = (
-                f"chain {name!r} is already defined by {seen[name]}: "
-                "rename or remove one of them"
-            )
+            message = f"chain {name!r} is already defined by {seen[name]}: rename or remove one of them"
             problems.append(Problem(path, 0, message))
             continue
         seen[name] = path
@@ -120,7 +113,7 @@ def discover(chains_dir: Path) -> Discovery:
         else:
             problems.append(result)
     chains.sort(key=lambda chain: chain.name)
-    problems.sort(key=lambda problem: (str(problem.path), problem.line))
+    problems.sort(key=lambda problem: (problem.path, problem.line))
     return Discovery(tuple(chains), tuple(problems))
 
 
@@ -155,9 +148,7 @@ def _inspect_module(tree: ast.Module, path: Path, name: str) -> ChainSpec | Prob
     body = list(tree.body)
     while body and _is_main_guard(body[-1]):
         body.pop()
-    calls = [
-        (i, c) for i, c in _calls(body) if _qualname(c.func, aliases) in _SET_MODEL
-    ]
+    calls = [(i, c) for i, c in _calls(body) if _qualname(c.func, aliases) in _SET_MODEL]
     if not calls:
         return _missing_set_model(tree, body, path, aliases)
     index, call = calls[-1]
@@ -188,7 +179,7 @@ def _inspect_module(tree: ast.Module, path: Path, name: str) -> ChainSpec | Prob
     elif isinstance(config, ast.Constant) and isinstance(config.value, str):
         model_config = (path.parent / config.value).resolve()
         if not model_config.is_file():
-            message = f"MODEL_CONFIG file {config.value!r} is missing: create it"
+            message = f"MODEL_CONFIG file {config.value!r} does not exist: create it or fix MODEL_CONFIG"
             return Problem(path, config.lineno, message)
     else:
         message = "MODEL_CONFIG is not a string: set it to a path like 'config.yaml'"

@@ -98,3 +98,12 @@ def check_no_secrets(text: str, path: Path, environ: Mapping[str, str] | None = 
             f"refused to write {path}: it would contain the value of {', '.join(leaked)}; "
             "remove the secret from the request (a prompt, a URL) and record again"
         )
+
+
+#: Shapes of credentials worth flagging even when their value is not in the environment.
+_SECRET_SHAPES = re.compile(r"(sk-(?:proj-)?[A-Za-z0-9_-]{20,}|Bearer\s+[A-Za-z0-9._-]{20,})")
+
+
+def secret_shapes(text: str) -> list[str]:
+    """Strings in ``text`` shaped like API keys or bearer tokens, masked for display."""
+    return sorted({match[:7] + "..." for match in _SECRET_SHAPES.findall(text)})

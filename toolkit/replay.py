@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -63,7 +63,7 @@ PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class RecordMode(str, Enum):
+class RecordMode(StrEnum):
     """The vcrpy record modes (see the table in the README)."""
 
     NONE = "none"

@@ -1,0 +1,72 @@
+"""Re-record the example chains' cassettes from the loopback fake OpenAI server.
+
+The OpenAI API cannot be reached where chainkit is developed, so the committed cassettes
+under cassettes/ were recorded here, from tests/openai_server.py (answers shaped exactly like
+the real API's, text from ANSWERS below). With a real key, record from the real API instead:
+
+    OPENAI_API_KEY=sk-... .venv/bin/chainkit run qa --input '{"question": "What is MLflow?"}' --record-mode all
+
+Run: .venv/bin/python scripts/record_examples.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from openai_server import OpenAIServer, default_responder  # noqa: E402
+
+from toolkit.project import Project  # noqa: E402
+from toolkit.runner import run_chain  # noqa: E402
+
+#: The inputs each example chain is recorded on (the README and the tests use these).
+INPUTS: dict[str, list[dict[str, Any]]] = {
+    "qa": [{"question": "What is MLflow?"}, {"question": "What is a registered model?"}],
+    "stream_story": [{"topic": "a robot learning to paint"}],
+    "summarize": [
+        {
+            "text": "MLflow is an open-source platform to manage the machine learning lifecycle, "
+            "including experimentation, reproducibility, deployment, and a central model registry."
+        }
+    ],
+}
+
+ANSWERS = {
+    "What is MLflow?": "MLflow is an open-source platform for managing the machine learning "
+    "lifecycle. It tracks experiments, packages models, and serves them through a registry.",
+    "What is a registered model?": "A registered model is a named entry in the MLflow Model "
+    "Registry. Each time you register a logged model under that name, it gets a new version.",
+    "robot learning to paint": "A robot named Ivo dipped its brush in blue and painted a sky. "
+    "The sky dripped, so Ivo painted rain. By evening the gallery called it a masterpiece.",
+    "open-source platform to manage": "MLflow is an open-source platform that manages the whole "
+    "machine learning lifecycle, from experiments to a central model registry.",
+}
+
+
+def responder(endpoint: str, body: dict[str, Any]) -> str:
+    text = json.dumps(body)
+    for needle, answer in ANSWERS.items():
+        if needle in text:
+            return answer
+    return default_responder(endpoint, body)
+
+
+def main() -> None:
+    project = Project.at(ROOT)
+    with OpenAIServer(responder=responder) as server:
+        os.environ["CHAINKIT_RECORD_VIA"] = server.base_url.removesuffix("/v1")
+        for name, inputs in INPUTS.items():
+            project.cassette_for(name).unlink(missing_ok=True)
+            for chain_input in inputs:
+                result = run_chain(project, name, chain_input, record_mode="once" if chain_input is inputs[0] else "new_episodes")
+                print(f"{name}: recorded {result.recorded} -> {result.output!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The ``chainkit`` command: parse arguments, call the library, print.
+
+Exit codes: 0 success, 1 work failed (a chain that would not run, a replay miss), 2 bad usage.
+``--json`` prints exactly one JSON document on stdout. Errors are one sentence on stderr;
+``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from toolkit.errors import ChainkitError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+RECORD_MODES = ["none", "once", "new_episodes", "all"]
+
+
+class Context:
+    def __init__(self, project: str, debug: bool) -> None:
+        self.project_dir = project
+        self.debug = debug
+
+    @property
+    def project(self) -> Any:
+        from toolkit.project import Project
+
+        return Project.at(self.project_dir)
+
+
+def reports_errors(func: F) -> F:
+    """Turn chainkit errors into one line on stderr and the right exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return func(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except UsageError as exc:
+            fail(ctx, exc, 2)
+        except ChainkitError as exc:
+            fail(ctx, exc, 1)
+        except Exception as exc:  # a chain's own failure: name it, don't dump a traceback
+            fail(ctx, exc, 1, prefix=f"{type(exc).__name__}: ")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -> None:
+    if ctx.find_object(Context) is not None and ctx.find_object(Context).debug:  # type: ignore[union-attr]
+        traceback.print_exception(exc, file=sys.stderr)
+    click.echo(f"error: {prefix}{exc}", err=True)
+    ctx.exit(code)
+
+
+def emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int = 48) -> str:
+    cells = [[c if len(c) <= width else c[: width - 1] + "…" for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", default=".", show_default=True, help="Project directory (holds chains/, cassettes/).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="chainkit")
+@click.pass_context
+def cli(ctx: click.Context, project: str, debug: bool) -> None:
+    """Package LangChain chains with MLflow and run them offline from recorded traffic."""
+    ctx.obj = Context(project, debug)
+
+
+# ------------------------------------------------------------------------------------ list
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+@reports_errors
+def list_chains(obj: Context, as_json: bool) -> None:
+    """List the chains under chains/ (found without running them) and any problems."""
+    from toolkit.discovery import discover
+
+    project = obj.project
+    found = discover(project.chains_dir)
+    if as_json:
+        emit_json(
+            {
+                "chains": [
+                    {
+                        "name": spec.name,
+                        "path": str(spec.path),
+                        "flavor": spec.flavor.value,
+                        "description": spec.description,
+                        "input_example": spec.input_example,
+                        "model_config": str(spec.model_config) if spec.model_config else None,
+                        "cassette": str(project.cassette_for(spec.name)),
+                        "recorded": project.cassette_for(spec.name).exists(),
+                    }
+                    for spec in found.chains
+                ],
+                "problems": [
+                    {"path": str(p.path), "line": p.line, "message": p.message} for p in found.problems
+                ],
+            }
+        )
+    else:
+        rows = [
+            [spec.name, spec.flavor.value, "yes" if project.cassette_for(spec.name).exists() else "no",
+             spec.description]
+            for spec in found.chains
+        ]
+        click.echo(table(["chain", "flavor", "recorded", "description"], rows, width=70))
+        for problem in found.problems:
+            click.echo(f"problem: {problem}", err=True)
+    if found.problems:
+        obj_exit(1)
+
+
+def obj_exit(code: int) -> None:
+    click.get_current_context().exit(code)
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.argument("chain")
+@click.option("--input", "input_json", required=True, help="The chain's input, as JSON.")
+@click.option("--stream", is_flag=True, help="Print the output as it streams.")
+@click.option("--record-mode", type=click.Choice(RECORD_MODES), default=None,
+              help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).")
+@click.option("--cassette", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: cassettes/CHAIN.json.")
+@click.option("--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+@reports_errors
+def run(obj: Context, chain: str, input_json: str, stream: bool, record_mode: str | None,
+        cassette: Path | None, allow_hosts: tuple[str, ...], as_json: bool) -> None:
+    """Run CHAIN on --input, answered from its cassette (recording if --record-mode allows)."""
+    from toolkit.runner import run_chain
+
+    try:
+        chain_input = json.loads(input_json)
+    except ValueError as exc:
+        raise UsageError(f"--input is not valid JSON ({exc}); pass e.g. --input '{{\"question\": \"Hi\"}}'") from exc
+    on_chunk = None if (as_json or not stream) else (lambda text: click.echo(text, nl=False))
+    result = run_chain(obj.project, chain, chain_input, stream=stream, record_mode=record_mode,
+                       cassette=cassette, allow_hosts=allow_hosts, on_chunk=on_chunk)
+    if as_json:
+        emit_json(result.to_json())
+    elif stream:
+        click.echo()
+    else:
+        output = result.output
+        click.echo(output if isinstance(output, str) else json.dumps(output, indent=2, default=str))
+
+
+# -------------------------------------------------------------------------------- cassette
+
+
+@cli.group()
+def cassette() -> None:
+    """Inspect, check and prune cassette files."""
+
+
+@cassette.command("show")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@reports_errors
+def cassette_show(path: Path, as_json: bool) -> None:
+    """A table of PATH's interactions: endpoint, model, prompt, status, streamed, used."""
+    from toolkit.audit import HEADERS, rows
+    from toolkit.cassette import Cassette
+    from toolkit.errors import CassetteError
+
+    loaded = Cassette.load(path)
+    if not loaded.exists:
+        raise CassetteError(f"{path}: no such cassette; record it with --record-mode once")
+    found = rows(loaded)
+    if as_json:
+        emit_json({"path": str(path), "recorded_with": loaded.recorded_with,
+                   "interactions": [row.__dict__ for row in found]})
+        return
+    click.echo(table(HEADERS, [row.cells() for row in found]))
+    versions = ", ".join(f"{k} {v}" for k, v in loaded.recorded_with.items())
+    click.echo(f"{len(found)} interactions in {path}" + (f"; recorded with {versions}" if versions else ""))
+
+
+@cassette.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@reports_errors
+def cassette_check(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Validate cassettes: they load, hold no secrets; report recordings no replay used."""
+    from toolkit.audit import check
+
+    reports = [check(path) for path in paths]
+    if as_json:
+        emit_json([{"path": str(r.path), "ok": r.ok, "interactions": r.interactions,
+                    "problems": r.problems, "unused": r.unused} for r in reports])
+    else:
+        for report in reports:
+            for problem in report.problems:
+                click.echo(f"problem: {problem}", err=True)
+            if report.ok:
+                unused = ("unused: unknown (no replay run since it last changed)" if report.unused is None
+                          else f"unused: {len(report.unused)}" + (f" (#{', #'.join(map(str, report.unused))})"
+                                                                  if report.unused else ""))
+                click.echo(f"ok: {report.path}: {report.interactions} interactions; {unused}")
+    if not all(report.ok for report in reports):
+        obj_exit(1)
+
+
+@cassette.command("prune")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@reports_errors
+def cassette_prune(path: Path) -> None:
+    """Drop the interactions that no replay used since PATH last changed."""
+    from toolkit.audit import prune
+
+    kept, dropped = prune(path)
+    click.echo(f"{path}: kept {kept}, dropped {dropped} unused interactions")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="chainkit")

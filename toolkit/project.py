@@ -1,0 +1,46 @@
+"""Where a project keeps its chains, cassettes and datasets.
+
+Defaults: ``chains/``, ``cassettes/`` and ``datasets/`` under the project root. A
+``[tool.chainkit]`` table in the project's pyproject.toml may move them::
+
+    [tool.chainkit]
+    chains = "src/chains"
+    cassettes = "recordings"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    chains_dir: Path
+    cassettes_dir: Path
+    datasets_dir: Path
+
+    @classmethod
+    def at(cls, root: str | Path = ".") -> Project:
+        root = Path(root).resolve()
+        if not root.is_dir():
+            raise UsageError(f"project directory {root} does not exist; pass --project DIR")
+        settings: dict[str, object] = {}
+        pyproject = root / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                settings = tomllib.loads(pyproject.read_text()).get("tool", {}).get("chainkit", {})
+            except tomllib.TOMLDecodeError as exc:
+                raise UsageError(f"{pyproject} is not valid TOML ({exc}); fix it") from exc
+
+        def folder(key: str) -> Path:
+            return root / str(settings.get(key, key))
+
+        return cls(root, folder("chains"), folder("cassettes"), folder("datasets"))
+
+    def cassette_for(self, chain_name: str) -> Path:
+        return self.cassettes_dir / f"{chain_name}.json"
