@@ -1,12 +1,9 @@
-"""A fake OpenAI-compatible HTTP server on 127.0.0.1 (standard library only).
+"""A fake OpenAI-compatible HTTP server on 127.0.0.1, standard library only.
 
 The real API cannot be reached from here, so tests, benchmarks and cassette recording talk to this.
 Field names, ids, usage objects, headers and SSE framing follow the real api.openai.com responses
 recorded in /work/shared/data/openai-recorded. Bodies are a pure function of the request (ids are
 hashes of it, "created" is fixed), so recordings made against this server are reproducible.
-
-    with OpenAIServer() as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="test")
 """
 
 from __future__ import annotations
@@ -45,10 +42,8 @@ STANDARD_HEADERS = {
     "x-ratelimit-reset-requests": "6ms",
     "x-ratelimit-reset-tokens": "0s",
 }
-ERRORS: dict[int, tuple[str, str, str | None]] = {  # status -> (message, type, code), as the API sends them
-    400: ("Invalid request.", "invalid_request_error", None),
+ERRORS: dict[int, tuple[str, str, str | None]] = {  # status -> (message, type, code), modelled on the API
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    404: ("Not found.", "invalid_request_error", None),
     429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
     503: ("The engine is currently overloaded, please try again later.", "server_error", None),
@@ -94,18 +89,14 @@ def error_body(status: int, message: str | None = None) -> Body:
     return {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
 
 
-def _text_of(content: Any) -> str:
-    """A message content: a string, or parts such as {"type": "input_text", "text": ...}."""
-    if isinstance(content, list):
-        return " ".join(str(p["text"]) for p in content if isinstance(p, dict) and "text" in p)
-    return content if isinstance(content, str) else ""
-
-
 def _last_user_text(messages: Any) -> str:
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role", "user") == "user":
-                return _text_of(message.get("content"))
+    """Content of the last user message; a content may be a string or parts with a "text"."""
+    for message in reversed(messages) if isinstance(messages, list) else []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p["text"]) for p in content if isinstance(p, dict) and "text" in p)
+            return content if isinstance(content, str) else ""
     return messages if isinstance(messages, str) else ""
 
 
@@ -151,13 +142,21 @@ def _sse(data: Body | str, event: str | None = None) -> bytes:
 
 
 def _as_list(value: Any) -> list[Any]:
-    """Embedding inputs / completion prompts: one string or token list, or a list of them."""
+    """Embedding inputs or completion prompts: one string or token list, or a list of them."""
     if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
         return [value]
     return list(value) if isinstance(value, list) else [value]
 
 
 class OpenAIServer:
+    """`with OpenAIServer() as server: openai.OpenAI(base_url=server.base_url, api_key="test")`.
+
+    Serves POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/completions (streamed
+    too); anything else is a 404. `responder(endpoint, body)` gives the answer text; `latency` is
+    slept before each answer; `faults` are served first, one per request; with `recorded_dir`,
+    matching real recordings are served byte for byte. `requests` lists what was received.
+    """
+
     def __init__(self, *, responder: Responder | None = None, latency: float = 0.0,
                  faults: Iterable[Fault] = (), recorded_dir: Path | None = None) -> None:
         self.responder: Responder = responder or default_responder
@@ -210,8 +209,6 @@ class OpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- answering -----------------------------------------------------------------------------
-
     def _answer(self, method: str, path: str, body: Any) -> _Answer:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
@@ -263,7 +260,7 @@ class OpenAIServer:
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
         if not body.get("stream"):
-            message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            message: Body = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
             return _Answer.json({**head, "choices": [choice], "usage": usage, **tail})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -350,10 +347,12 @@ class OpenAIServer:
     def _completions(self, body: Body) -> _Answer:
         prompts = _as_list(body.get("prompt", ""))
         texts = [self.responder("completions", {**body, "prompt": p}) for p in prompts]
-        head = {"id": _make_id("cmpl-", "completion", body, 29), "object": "text_completion", "created": CREATED}
+        cmpl_id = _make_id("cmpl-", "completion", body, 29)
+        head = {"id": cmpl_id, "object": "text_completion", "created": CREATED}
         model = str(body.get("model", "gpt-3.5-turbo-instruct"))
         prompt, completion = count_tokens(prompts), count_tokens(texts)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                 "total_tokens": prompt + completion}
         if not body.get("stream"):
             choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": "stop"}
                        for i, t in enumerate(texts)]
@@ -405,7 +404,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-            request = ReceivedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = ReceivedRequest(self.command, self.path, headers, body)
             with server._lock:
                 server.requests.append(request)
             answer = server._answer(self.command, self.path, body)

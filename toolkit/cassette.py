@@ -67,7 +67,7 @@ def decode_body(body: Mapping[str, Any]) -> bytes:
     if "text" in body:
         return str(body["text"]).encode("utf-8")
     if "base64" in body:
-        return base64.b64decode(body["base64"])
+        return base64.b64decode(body["base64"], validate=True)
     return b""
 
 

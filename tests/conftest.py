@@ -1,0 +1,56 @@
+"""Shared fixtures: a clean environment and a fake OpenAI server on 127.0.0.1.
+
+The OpenAI API cannot be reached from here; everything that records, records from
+``OpenAIServer`` (tests/openai_server.py) through ``record_via``, so cassettes keep the real
+``https://api.openai.com/v1`` URLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai_server import OpenAIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDED = ROOT.parent / "shared" / "data" / "openai-recorded"
+OPENAI_BASE = "https://api.openai.com/v1"
+CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "CHAINKIT_RECORD_MODE",
+        "CHAINKIT_RECORD_VIA",
+        "CHAINKIT_ALLOW_HOSTS",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def record_via(openai_server: OpenAIServer) -> str:
+    """What ``use_cassette(record_via=...)`` takes: the fake server's scheme://host:port."""
+    return openai_server.base_url.removesuffix("/v1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_async_openai_clients() -> Iterator[None]:
+    """langchain-openai caches one async HTTP client per base URL for the whole process; its
+    pooled connections belong to the event loop that opened them, and each test's
+    ``asyncio.run`` closes its loop. Start every test with a fresh cache."""
+    yield
+    from langchain_openai.chat_models import _client_utils
+
+    _client_utils._cached_async_httpx_client.cache_clear()

@@ -1,0 +1,177 @@
+"""The cassette file: round trips, readable bodies, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit.cassette import (
+    FORMAT_VERSION,
+    Cassette,
+    Event,
+    Interaction,
+    RecordedRequest,
+    RecordedResponse,
+    add_usage,
+    decode_body,
+    encode_body,
+    load_usage,
+    parse_events,
+)
+from toolkit.errors import CassetteError, SecretLeakError
+
+
+def interaction(prompt: str, answer: str = "ok") -> Interaction:
+    return Interaction(
+        RecordedRequest("POST", "https://api.openai.com/v1/chat/completions",
+                        {"json": {"model": "m", "messages": [{"role": "user", "content": prompt}]}}),
+        RecordedResponse(200, {"content-type": "application/json"}, {"json": {"answer": answer}}),
+    )
+
+
+def test_round_trip_keeps_everything(tmp_path: Path) -> None:
+    stream = RecordedResponse(200, {"content-type": "text/event-stream"},
+                              events=(Event({"delta": "é"}), Event("[DONE]")))
+    cassette = Cassette(tmp_path / "c.json", [interaction("a"), Interaction(interaction("b").request, stream)])
+    cassette.save()
+    loaded = Cassette.load(tmp_path / "c.json")
+    assert loaded.interactions == cassette.interactions
+    assert loaded.exists and loaded.recorded_with == {}
+    document = json.loads((tmp_path / "c.json").read_text())
+    assert document["chainkit_cassette"] == FORMAT_VERSION
+    # Bodies are stored parsed, not as escaped strings: diffs read like the API.
+    assert document["interactions"][0]["request"]["json"]["messages"][0]["content"] == "a"
+    assert document["interactions"][1]["response"]["events"][0] == {"data": {"delta": "é"}}
+
+
+def test_missing_file_is_an_empty_cassette(tmp_path: Path) -> None:
+    cassette = Cassette.load(tmp_path / "nope.json")
+    assert not cassette.exists and len(cassette) == 0
+
+
+def test_file_is_readable_by_others(tmp_path: Path) -> None:
+    Cassette(tmp_path / "c.json", [interaction("a")]).save()
+    assert (tmp_path / "c.json").stat().st_mode & 0o044 == 0o044 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [(b"", None), (b'{"a": [1, 2]}', "json"), (b"plain text", "text"), (b"\xff\x00\x01", "base64")],
+)
+def test_bodies_take_the_most_readable_form(content: bytes, kind: str | None) -> None:
+    body = encode_body(content)
+    assert list(body) == ([kind] if kind else [])
+    assert json.loads(decode_body(body) or b"null") == json.loads(content or b"null") if kind == "json" else \
+        decode_body(body) == content
+
+
+def test_events_parse_and_encode_back() -> None:
+    raw = ("event: response.created\ndata: {\"type\":\"response.created\"}\n\n"
+           ": keep-alive comment\n\n"
+           "data: {\"a\":1}\n\n"
+           "data: line one\ndata: line two\n\n"
+           "data: [DONE]\n\n")
+    events = parse_events(raw)
+    assert [e.event for e in events] == ["response.created", None, None, None]
+    assert events[1].data == {"a": 1} and events[2].data == "line one\nline two" and events[3].data == "[DONE]"
+    assert b"".join(e.encode() for e in events).decode() == raw.replace(": keep-alive comment\n\n", "")
+
+
+def test_truncated_file_names_file_and_position(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    Cassette(path, [interaction("a"), interaction("b")]).save()
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(CassetteError) as raised:
+        Cassette.load(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}:") and "not valid JSON" in message and "re-record" in message
+    line = int(message.split(":")[1])
+    assert line > 1
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"interactions": []}, "not a chainkit cassette"),
+        ({"chainkit_cassette": 99, "interactions": []}, "format 99 is not supported"),
+        ({"chainkit_cassette": 1, "interactions": {}}, "'interactions' must be a list"),
+        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET"}}]}, "interaction #0 is malformed"),
+        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET", "url": "u"},
+                                                   "response": {"status": "x"}}]}, "interaction #0"),
+        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET", "url": "u"},
+                                                   "response": {"status": 200, "base64": "!!"}}]}, "#0"),
+    ],
+)
+def test_hand_broken_cassettes_are_errors_not_empty_replays(tmp_path: Path, document: object, expected: str) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(CassetteError, match=expected) as raised:
+        Cassette.load(path)
+    assert str(path) in str(raised.value)
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_bytes(b'{"chainkit_cassette": 1, "x": "\xff"}')
+    with pytest.raises(CassetteError, match="not UTF-8"):
+        Cassette.load(path)
+
+
+def test_secret_refuses_the_write_and_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.json"
+    Cassette(path, [interaction("a")]).save()
+    before = path.read_bytes()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdefghijklmnop")
+    with pytest.raises(SecretLeakError, match="OPENAI_API_KEY"):
+        Cassette(path, [interaction("my key is sk-live-abcdefghijklmnop")]).save()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temp file left behind
+
+
+def test_killed_while_saving_leaves_the_previous_cassette(tmp_path: Path) -> None:
+    """SIGKILL a process that rewrites a large cassette in a loop: every observed state loads."""
+    path = tmp_path / "c.json"
+    Cassette(path, [interaction("seed")]).save()
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_cassette import interaction
+from toolkit.cassette import Cassette
+from pathlib import Path
+big = [interaction("p" * 2000 + str(n)) for n in range(3000)]
+print("ready", flush=True)
+while True:
+    Cassette(Path({str(path)!r}), big).save()
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+    for delay in (0.05, 0.11, 0.23):
+        time.sleep(delay)
+        assert len(Cassette.load(path)) in (1, 3000)  # readers see whole files only
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(Cassette.load(path)) in (1, 3000)
+
+
+def test_usage_is_tied_to_the_cassette_content(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    Cassette(path, [interaction("a"), interaction("b")]).save()
+    add_usage(path, {1})
+    add_usage(path, {0})
+    assert load_usage(path) == {0, 1}
+    Cassette(path, [interaction("a")]).save()  # changed content: old usage no longer applies
+    assert load_usage(path) == set()

@@ -1,0 +1,487 @@
+"""Tests for toolkit.pytest_plugin, run the way pytest-recording tests its plugin: with pytester.
+
+Each test writes a small inner project (pyproject.toml, so the inner rootdir is pytester.path)
+and runs pytest on it. Inner tests record from the fake OpenAI server of the outer test through
+$CHAINKIT_RECORD_VIA, with real clients that believe they talk to https://api.openai.com/v1.
+Runs are in-process (the plugin restores every patch on exit) except where noted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai_server import OpenAIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAI_BASE = "https://api.openai.com/v1"
+
+# Header of the inner test modules: a real client pointed at the real API URL.
+CLIENT = """\
+import pytest
+from langchain_openai import ChatOpenAI
+
+
+def ask(question):
+    llm = ChatOpenAI(model="gpt-4o-mini", base_url="https://api.openai.com/v1", api_key="sk-test",
+                     max_retries=0)
+    return llm.invoke(question).content
+"""
+
+ONE_TEST = CLIENT + """
+
+@pytest.mark.cassette
+def test_ask():
+    assert ask("What is a cassette?") == "Answer to: What is a cassette?"
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preload_heavy_modules() -> None:
+    """Import what inner runs import, once, before any ``pytester`` exists.
+
+    pytester unloads every module first imported while it lives. Re-importing langchain on every
+    test would be slow, and numpy (through MLflow) cannot be imported twice in one process.
+    """
+    import langchain_openai  # noqa: F401
+    import mlflow.models.utils  # noqa: F401
+
+    import toolkit.runner  # noqa: F401
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester) -> pytest.Pytester:
+    """An inner project whose rootdir is pytester.path."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\n')
+    return pytester
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    """The fake OpenAI server; inner tests that record send their traffic to it."""
+    with OpenAIServer() as running:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", running.base_url.removesuffix("/v1"))
+        yield running
+
+
+def write_test(pytester: pytest.Pytester, relpath: str, source: str) -> Path:
+    path = pytester.path / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+def load(path: Path) -> dict[str, object]:
+    assert path.is_file(), f"no cassette at {path}"
+    document: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    return document
+
+
+def sent_questions(path: Path) -> list[str]:
+    """The last user message of each recorded request of the cassette at ``path``."""
+    interactions = load(path)["interactions"]
+    assert isinstance(interactions, list)
+    out = []
+    for interaction in interactions:
+        assert interaction["request"]["url"] == f"{OPENAI_BASE}/chat/completions"
+        out.append(interaction["request"]["json"]["messages"][-1]["content"])
+    return out
+
+
+# --- options, help and markers ----------------------------------------------------------------
+
+
+def test_help_lists_the_chainkit_group(inner: pytest.Pytester) -> None:
+    result = inner.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "chainkit: record and replay chain traffic:",
+            "*--record-mode*",
+            "*--allow-host*",
+        ]
+    )
+
+
+def test_invalid_record_mode_is_a_usage_error_listing_the_choices(inner: pytest.Pytester) -> None:
+    result = inner.runpytest("--record-mode=sometimes")
+    assert result.ret in (pytest.ExitCode.USAGE_ERROR, 2)
+    stderr = result.stderr.str()
+    assert "--record-mode" in stderr
+    assert "sometimes" in stderr
+    for choice in ("none", "once", "new_episodes", "all"):
+        assert f"'{choice}'" in stderr
+
+
+def test_cassette_marker_is_registered(inner: pytest.Pytester) -> None:
+    result = inner.runpytest("--markers")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=()):*"])
+
+
+def test_cassette_marker_passes_strict_markers(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_strict="""
+        import pytest
+
+        @pytest.mark.cassette(record_mode="once")
+        def test_marked():
+            pass
+        """,
+        test_control="""
+        import pytest
+
+        @pytest.mark.not_registered_anywhere
+        def test_unknown():
+            pass
+        """,
+    )
+    result = inner.runpytest("--strict-markers", "test_strict.py")
+    result.assert_outcomes(passed=1)
+    # Control: --strict-markers does reject a marker that nobody registered.
+    control = inner.runpytest("--strict-markers", "test_control.py")
+    control.stdout.fnmatch_lines(["*'not_registered_anywhere' not found in `markers`*"])
+    assert control.ret != pytest.ExitCode.OK
+
+
+# --- record, then replay ----------------------------------------------------------------------
+
+
+def test_marker_records_once_then_replays_with_the_server_stopped(inner: pytest.Pytester) -> None:
+    write_test(inner, "tests/test_rec.py", ONE_TEST)
+    cassette = inner.path / "tests" / "cassettes" / "test_rec" / "test_ask.json"
+    with OpenAIServer() as server:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+            result = inner.runpytest("--record-mode=once")
+        result.assert_outcomes(passed=1)
+        assert [r.path for r in server.requests] == ["/v1/chat/completions"]
+    assert sent_questions(cassette) == ["What is a cassette?"]
+    assert load(cassette)["interactions"][0]["response"]["json"]["choices"][0]["message"]["content"] == (
+        "Answer to: What is a cassette?"
+    )
+
+    # The server is gone and no --record-mode is given: the default, none, replays.
+    result = inner.runpytest()
+    result.assert_outcomes(passed=1)
+    assert len(server.requests) == 1
+
+
+def test_default_mode_none_fails_naming_the_missing_cassette(inner: pytest.Pytester) -> None:
+    write_test(inner, "tests/test_rec.py", ONE_TEST)
+    missing = inner.path / "tests" / "cassettes" / "test_rec" / "test_ask.json"
+    result = inner.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*ReplayMissError: cassette {missing} does not exist*"])
+    assert not missing.exists()
+
+
+def test_record_mode_from_the_environment(inner: pytest.Pytester, server: OpenAIServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    write_test(inner, "tests/test_rec.py", ONE_TEST)
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "once")
+    result = inner.runpytest()
+    result.assert_outcomes(passed=1)
+    assert len(server.requests) == 1
+    assert sent_questions(inner.path / "tests/cassettes/test_rec/test_ask.json") == ["What is a cassette?"]
+
+
+def test_command_line_record_mode_wins_over_the_environment(
+    inner: pytest.Pytester, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_test(inner, "tests/test_rec.py", ONE_TEST)
+    cassette = inner.path / "tests/cassettes/test_rec/test_ask.json"
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "once")
+    result = inner.runpytest("--record-mode=none")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*does not exist and record mode is 'none'*"])
+    assert server.requests == []
+    assert not cassette.exists()
+
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "none")
+    result = inner.runpytest("--record-mode", "once")
+    result.assert_outcomes(passed=1)
+    assert len(server.requests) == 1
+    assert cassette.is_file()
+
+
+# --- marker arguments -------------------------------------------------------------------------
+
+
+def test_marker_path_is_relative_to_the_test_file(inner: pytest.Pytester, server: OpenAIServer) -> None:
+    write_test(
+        inner,
+        "tests/unit/test_paths.py",
+        CLIENT
+        + """
+
+@pytest.mark.cassette("recordings/positional.json")
+def test_positional():
+    assert ask("positional") == "Answer to: positional"
+
+
+@pytest.mark.cassette(path="../shared/keyword.json")
+def test_keyword():
+    assert ask("keyword") == "Answer to: keyword"
+""",
+    )
+    result = inner.runpytest("--record-mode=once")
+    result.assert_outcomes(passed=2)
+    assert sent_questions(inner.path / "tests/unit/recordings/positional.json") == ["positional"]
+    assert sent_questions(inner.path / "tests/shared/keyword.json") == ["keyword"]
+    assert not (inner.path / "tests/unit/cassettes").exists()  # the default path was not used
+
+    result = inner.runpytest()  # replay from the explicit paths
+    result.assert_outcomes(passed=2)
+    assert len(server.requests) == 2
+
+
+def test_marker_record_mode_wins_over_the_command_line(inner: pytest.Pytester, server: OpenAIServer) -> None:
+    write_test(
+        inner,
+        "tests/test_modes.py",
+        CLIENT
+        + """
+
+@pytest.mark.cassette(record_mode="once")
+def test_records_although_none_was_asked():
+    assert ask("marked once") == "Answer to: marked once"
+""",
+    )
+    cassette = inner.path / "tests/cassettes/test_modes/test_records_although_none_was_asked.json"
+    result = inner.runpytest("--record-mode=none")
+    result.assert_outcomes(passed=1)
+    assert sent_questions(cassette) == ["marked once"]
+    assert len(server.requests) == 1
+
+    # record_mode="none" in the marker: --record-mode=all does not re-record (nor reach the server).
+    source = (inner.path / "tests/test_modes.py").read_text()
+    (inner.path / "tests/test_modes.py").write_text(source.replace('record_mode="once"', 'record_mode="none"'))
+    before = cassette.read_bytes()
+    result = inner.runpytest("--record-mode=all")
+    result.assert_outcomes(passed=1)
+    assert len(server.requests) == 1
+    assert cassette.read_bytes() == before
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+def test_cassette_fixture_yields_the_active_session(inner: pytest.Pytester) -> None:
+    write_test(
+        inner,
+        "tests/test_fixture.py",
+        """
+from pathlib import Path
+
+import pytest
+
+from toolkit.replay import CassetteSession, active_session
+
+HERE = Path(__file__).parent
+
+
+def test_session(cassette):
+    assert isinstance(cassette, CassetteSession)
+    assert cassette.mode.value == "once"
+    assert cassette.path == HERE / "cassettes" / "test_fixture" / "test_session.json"
+    assert active_session() is cassette
+
+
+@pytest.mark.cassette("elsewhere.json", record_mode="all")
+def test_marked_session(cassette, cassette_path, record_mode):
+    assert cassette.mode.value == "all" == record_mode
+    assert cassette.path == cassette_path == HERE / "elsewhere.json"
+    assert active_session() is cassette
+
+
+def test_no_marker_no_cassette():
+    assert active_session() is None
+""",
+    )
+    result = inner.runpytest("--record-mode=once", "-v")
+    result.assert_outcomes(passed=3)
+
+
+def test_parametrized_ids_get_distinct_cassettes(inner: pytest.Pytester, server: OpenAIServer) -> None:
+    write_test(
+        inner,
+        "tests/test_params.py",
+        CLIENT
+        + """
+
+@pytest.mark.cassette
+@pytest.mark.parametrize("question", ["alpha", "beta/gamma", "delta epsilon"])
+def test_ask(question):
+    assert ask(question) == "Answer to: " + question
+""",
+    )
+    result = inner.runpytest("--record-mode=once")
+    result.assert_outcomes(passed=3)
+    folder = inner.path / "tests/cassettes/test_params"
+    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".json")
+    assert files == ["test_ask-alpha.json", "test_ask-beta-gamma.json", "test_ask-delta epsilon.json"]
+    assert sent_questions(folder / "test_ask-alpha.json") == ["alpha"]
+    assert sent_questions(folder / "test_ask-beta-gamma.json") == ["beta/gamma"]
+    assert sent_questions(folder / "test_ask-delta epsilon.json") == ["delta epsilon"]
+
+    result = inner.runpytest()
+    result.assert_outcomes(passed=3)
+    assert len(server.requests) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: cassette_path ignores the test class: TestA::test_x and "
+                   "TestB::test_x share tests/cassettes/<module>/test_x.json")
+def test_same_test_name_in_two_classes_gets_distinct_cassettes(
+    inner: pytest.Pytester, server: OpenAIServer
+) -> None:
+    write_test(
+        inner,
+        "tests/test_classes.py",
+        CLIENT
+        + """
+
+@pytest.mark.cassette
+class TestFirst:
+    def test_ask(self):
+        assert ask("first") == "Answer to: first"
+
+
+@pytest.mark.cassette
+class TestSecond:
+    def test_ask(self):
+        assert ask("second") == "Answer to: second"
+""",
+    )
+    result = inner.runpytest("--record-mode=once")
+    folder = inner.path / "tests/cassettes/test_classes"
+    recorded = sorted(q for p in folder.glob("*.json") for q in sent_questions(p))
+    assert recorded == ["first", "second"]
+    assert len(list(folder.glob("*.json"))) == 2
+    result.assert_outcomes(passed=2)
+
+
+# --- chain_runner -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def qa_project(inner: pytest.Pytester) -> pytest.Pytester:
+    """An inner project holding the example chain qa and its cassette (copied from this repo)."""
+    (inner.path / "chains").mkdir()
+    (inner.path / "cassettes").mkdir()
+    shutil.copy(ROOT / "chains" / "qa.py", inner.path / "chains" / "qa.py")
+    shutil.copy(ROOT / "cassettes" / "qa.json", inner.path / "cassettes" / "qa.json")
+    inner.makepyfile(
+        test_qa="""
+        def test_qa(chain_runner):
+            assert "MLflow" in chain_runner("qa").invoke({"question": "What is MLflow?"})
+
+        def test_unrecorded_question(chain_runner):
+            chain_runner("qa").invoke({"question": "What is a cassette?"})
+        """
+    )
+    return inner
+
+
+def test_chain_runner_replays_the_chain_cassette_without_a_server(qa_project: pytest.Pytester) -> None:
+    before = (qa_project.path / "cassettes" / "qa.json").read_bytes()
+    result = qa_project.runpytest("--record-mode=none", "test_qa.py::test_qa")
+    result.assert_outcomes(passed=1)
+    assert (qa_project.path / "cassettes" / "qa.json").read_bytes() == before
+
+
+def test_chain_runner_reports_an_unrecorded_question(qa_project: pytest.Pytester) -> None:
+    result = qa_project.runpytest("--record-mode=none", "test_qa.py::test_unrecorded_question")
+    result.assert_outcomes(failed=1)
+    cassette = qa_project.path / "cassettes" / "qa.json"
+    result.stdout.fnmatch_lines(
+        [
+            f"*ReplayMissError: no recorded response in {cassette} for POST {OPENAI_BASE}/chat/completions"
+            " (record mode is 'none')*",
+            f"*Closest recorded request: #0 POST {OPENAI_BASE}/chat/completions, which differs in:",
+        ]
+    )
+    assert 'messages[1].content: recorded "What is MLflow?", sent "What is a cassette?"' in result.stdout.str()
+
+
+# --- allowed hosts ----------------------------------------------------------------------------
+
+
+def test_allow_host_option_reaches_the_allow_hosts_fixture(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_hosts="""
+        import pytest
+
+        def test_option_hosts(allow_hosts):
+            assert allow_hosts == ["example.com", "models.internal"]
+
+        @pytest.mark.cassette(record_mode="once", allow_hosts=["marked.test"])
+        def test_marker_hosts_are_added(allow_hosts, cassette):
+            assert allow_hosts == ["example.com", "models.internal", "marked.test"]
+            assert {"example.com", "models.internal", "marked.test"} <= cassette.allow_hosts
+        """
+    )
+    result = inner.runpytest("--allow-host", "example.com", "--allow-host=models.internal")
+    result.assert_outcomes(passed=2)
+    assert inner.runpytest("test_hosts.py::test_option_hosts").ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_allowed_host_is_reached_live_in_record_mode_none(inner: pytest.Pytester, server: OpenAIServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_OPENAI", server.base_url)
+    write_test(
+        inner,
+        "tests/cassettes/test_live/test_live.json",
+        json.dumps({"chainkit_cassette": 1, "interactions": []}),
+    )
+    write_test(
+        inner,
+        "tests/test_live.py",
+        """
+import os
+
+import httpx
+import pytest
+
+
+@pytest.mark.cassette
+def test_live():
+    response = httpx.post(os.environ["FAKE_OPENAI"] + "/chat/completions",
+                          json={"model": "m", "messages": [{"role": "user", "content": "live"}]})
+    assert response.json()["choices"][0]["message"]["content"] == "Answer to: live"
+""",
+    )
+    blocked = inner.runpytest()
+    blocked.assert_outcomes(failed=1)
+    assert server.requests == []
+
+    allowed = inner.runpytest("--allow-host=127.0.0.1")
+    allowed.assert_outcomes(passed=1)
+    assert len(server.requests) == 1
+    # Traffic to an allowed host is not recorded.
+    assert load(inner.path / "tests/cassettes/test_live/test_live.json")["interactions"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: chain_runner's cassettes stack: the last chain loaded answers "
+                   "for every chain of the test")
+def test_chain_runner_keeps_each_chain_on_its_own_cassette(qa_project: pytest.Pytester) -> None:
+    shutil.copy(ROOT / "chains" / "summarize.py", qa_project.path / "chains" / "summarize.py")
+    shutil.copy(ROOT / "cassettes" / "summarize.json", qa_project.path / "cassettes" / "summarize.json")
+    qa_project.makepyfile(
+        test_two="""
+        def test_two_chains(chain_runner):
+            qa = chain_runner("qa")
+            summarize = chain_runner("summarize")
+            assert "MLflow" in qa.invoke({"question": "What is MLflow?"})
+            text = (
+                "MLflow is an open-source platform to manage the machine learning lifecycle, "
+                "including experimentation, reproducibility, deployment, and a central model registry."
+            )
+            assert "MLflow" in summarize.invoke({"text": text})
+        """
+    )
+    result = qa_project.runpytest("--record-mode=none", "test_two.py")
+    result.assert_outcomes(passed=1)
