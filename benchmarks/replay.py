@@ -63,7 +63,9 @@ def answer(i: int) -> str:
 
 def make_chain(http_client: httpx2.Client | None = None, base_url: str = API_BASE) -> Runnable[Any, str]:
     template = ChatPromptTemplate.from_messages([("system", "You are terse."), ("human", "{question}")])
-    model = ChatOpenAI(model="gpt-4o-mini", base_url=base_url, api_key=SecretStr("sk-bench"), http_client=http_client)
+    model = ChatOpenAI(
+        model="gpt-4o-mini", base_url=base_url, api_key=SecretStr("sk-bench"), http_client=http_client
+    )
     return template | model | StrOutputParser()
 
 
