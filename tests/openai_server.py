@@ -374,6 +374,7 @@ class OpenAIServer:
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # tests open 100 connections at once
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:

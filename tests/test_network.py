@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +81,11 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             refuse_remote(address[0])
         return real_connect_ex(self, address)
 
-    # The guard writes these module globals back into `socket` on exit: restore both at teardown.
-    monkeypatch.setattr(socket, "getaddrinfo", socket.getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", socket.socket.connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", socket.socket.connect_ex)
+    # In place both beneath the guard (what it delegates to, and writes back into `socket` on
+    # exit) and in `socket` itself, so that a guard that is not installed at all leaks nothing.
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     monkeypatch.setattr(network, "_real_getaddrinfo", getaddrinfo)
     monkeypatch.setattr(network, "_real_connect", connect)
     monkeypatch.setattr(network, "_real_connect_ex", connect_ex)
@@ -122,7 +123,7 @@ def blocked_error(exc: BaseException) -> NetworkBlockedError:
 
 
 def assert_blocked(call: Callable[[], Any], host: str, tripwire: list[str]) -> NetworkBlockedError:
-    with pytest.raises(Exception) as excinfo:  # noqa: PT011 - narrowed by blocked_error below
+    with pytest.raises(Exception) as excinfo:  # narrowed by blocked_error below
         call()
     error = blocked_error(excinfo.value)
     assert error.host == host
@@ -176,9 +177,8 @@ async def test_aiohttp_is_blocked(cassette: Path, tripwire: list[str]) -> None:
         async with aiohttp.ClientSession() as session, session.get(f"https://{REMOTE}/v1/models") as resp:
             return resp.status
 
-    with use_cassette(cassette, "none"):
-        with pytest.raises(Exception) as excinfo:  # noqa: PT011 - narrowed below
-            await fetch()
+    with use_cassette(cassette, "none"), pytest.raises(Exception) as excinfo:  # narrowed below
+        await fetch()
     error = blocked_error(excinfo.value)
     assert error.host == REMOTE and REMOTE in str(error)
     assert tripwire == []
@@ -278,7 +278,7 @@ def test_allowed_host_lets_the_openai_client_through_httpx(
 def test_not_allowed_httpx_traffic_is_a_replay_miss_and_sends_nothing(
     cassette: Path, openai_server: OpenAIServer
 ) -> None:
-    with use_cassette(cassette, "none"), pytest.raises(ReplayMissError, match="127.0.0.1"):
+    with use_cassette(cassette, "none"), pytest.raises(ReplayMissError, match=r"127\.0\.0\.1"):
         httpx.post(openai_server.base_url + "/chat/completions", json=CHAT_BODY)
     assert openai_server.requests == []
 
@@ -523,11 +523,9 @@ def test_udp_sendto_is_blocked() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
         receiver.bind(("127.0.0.1", 0))
         receiver.setblocking(False)
-        with NetworkGuard(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            try:
-                sender.sendto(b"leak", receiver.getsockname())
-            except NetworkBlockedError:
-                pass
+        with (NetworkGuard(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+              pytest.raises(NetworkBlockedError)):
+            sender.sendto(b"leak", receiver.getsockname())
         with pytest.raises(BlockingIOError):
             receiver.recv(16)  # nothing arrived
 

@@ -34,8 +34,20 @@ def server() -> Iterator[OpenAIServer]:
         yield srv
 
 
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(server: OpenAIServer, **kwargs: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="test", **kwargs)
+    """A real openai client for the fake server, closed after the test."""
+    _clients.append(openai.OpenAI(base_url=server.base_url, api_key="test", **kwargs))
+    return _clients[-1]
 
 
 def post_raw(server: OpenAIServer, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
@@ -45,7 +57,8 @@ def post_raw(server: OpenAIServer, path: str, body: dict[str, Any]) -> tuple[int
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+        with err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
 def test_chat_completion(server: OpenAIServer) -> None:

@@ -46,10 +46,13 @@ def test_missing_cassette_records_everything(tmp_path: Path, record_via: str, op
     assert session.replayed == 0
 
 
-def test_none_with_missing_cassette_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ReplayMissError, match=r"does not exist and record mode is 'none'"):
-        with use_cassette(tmp_path / "absent.json", "none"):
-            pass
+def test_none_with_missing_cassette_is_an_error_at_the_first_request(tmp_path: Path) -> None:
+    with use_cassette(tmp_path / "absent.json", "none"):
+        pass  # a block that sends nothing needs no cassette
+    with use_cassette(tmp_path / "absent.json", "none"), pytest.raises(ReplayMissError) as raised:
+        chat().invoke("hello")
+    assert f"cassette {tmp_path / 'absent.json'} does not exist and record mode is 'none'" in str(raised.value)
+    assert "POST https://api.openai.com/v1/chat/completions" in str(raised.value)
     assert not (tmp_path / "absent.json").exists()
 
 
@@ -387,3 +390,34 @@ def test_allowed_host_passes_through_unrecorded(tmp_path: Path, record_via: str,
         assert httpx.get(f"{openai_server.base_url}/models").status_code == 404  # live, answered by the server
     assert len(openai_server.requests) == 2
     assert path.read_bytes() == before
+
+
+def test_nested_cassettes_each_answer_their_own_requests(tmp_path: Path, record_via: str) -> None:
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    one = record(first, record_via, "one")
+    two = record(second, record_via, "two")
+    with use_cassette(first), use_cassette(second):
+        assert chat().invoke("one").content == one[0]  # answered by the outer cassette
+        assert chat().invoke("two").content == two[0]
+        with pytest.raises(ReplayMissError, match=str(second)):  # a miss is the innermost's
+            chat().invoke("three")
+
+
+def test_two_sessions_recording_one_file_keep_both_recordings(tmp_path: Path, record_via: str) -> None:
+    path = tmp_path / "c.json"
+    with use_cassette(path, "new_episodes", record_via=record_via):
+        chat().invoke("outer")
+        with use_cassette(path, "new_episodes", record_via=record_via):
+            chat().invoke("inner")
+    prompts = sorted(i.request.body["json"]["messages"][0]["content"] for i in Cassette.load(path))
+    assert prompts == ["inner", "outer"]
+
+
+def test_miss_for_a_host_never_recorded_suggests_allowing_it(tmp_path: Path, record_via: str,
+                                                             openai_server: OpenAIServer) -> None:
+    path = tmp_path / "c.json"
+    record(path, record_via, "hi")
+    with use_cassette(path, "none"), pytest.raises(ReplayMissError) as raised:
+        httpx.get(f"{openai_server.base_url}/models")
+    assert "nothing was ever recorded for 127.0.0.1" in str(raised.value)
+    assert "--allow-host 127.0.0.1" in str(raised.value)

@@ -1,14 +1,19 @@
 """pytest plugin: record and replay chain traffic in tests (registered through pytest11).
 
-Options: ``--record-mode {none,once,new_episodes,all}`` (default: $CHAINKIT_RECORD_MODE, else
-none, which never touches the network) and ``--allow-host HOST`` (repeatable).
+Options: ``--record-mode {none,once,new_episodes,all}`` and ``--allow-host HOST`` (repeatable).
 
 Marker: ``@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=())`` runs the test
-under a cassette, by default ``tests/cassettes/<module>/<test>.json`` beside the test file.
+under a cassette, by default ``tests/cassettes/<module>/<test>.json`` beside the test file
+(``<Class>.<test>.json`` for a method; parameter ids kept).
 
-Fixtures (each small and overridable):
+The record mode is, first to last: ``--record-mode`` when given (so ``--record-mode=none`` in CI
+overrides every marker: nothing touches the network), the marker's ``record_mode``,
+$CHAINKIT_RECORD_MODE, and ``none``.
 
-- ``record_mode``: the mode in force for this test.
+Fixtures (each small and overridable; prefixed so they do not collide with pytest-recording's):
+
+- ``chainkit_record_mode``: the mode in force for this test.
+- ``chainkit_allow_hosts``: hosts reachable live (``--allow-host`` and the marker's).
 - ``cassette_path``: the test's default cassette path.
 - ``cassette``: the active :class:`~toolkit.replay.CassetteSession` for the test's cassette.
 - ``chainkit_project``: the project the test runs in (default: pytest's rootdir).
@@ -18,7 +23,9 @@ Fixtures (each small and overridable):
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -57,22 +64,42 @@ def pytest_configure(config: pytest.Config) -> None:
         "cassette(path=None, record_mode=None, allow_hosts=()): run the test under a chainkit "
         "cassette (default tests/cassettes/<module>/<test>.json)",
     )
+    from toolkit.errors import UsageError
+    from toolkit.replay import RecordMode
+
+    try:  # a bad $CHAINKIT_RECORD_MODE is a usage error now, not a failure in every test
+        RecordMode.parse(None)
+    except UsageError as exc:
+        raise pytest.UsageError(f"$CHAINKIT_RECORD_MODE: {exc}") from None
 
 
 @pytest.fixture
-def record_mode(request: pytest.FixtureRequest) -> str:
+def chainkit_record_mode(request: pytest.FixtureRequest) -> str:
+    option = request.config.getoption("--record-mode")
+    if option:
+        return str(option)
     marker = request.node.get_closest_marker("cassette")
     if marker is not None and marker.kwargs.get("record_mode"):
         return str(marker.kwargs["record_mode"])
-    option = request.config.getoption("--record-mode")
-    return str(option or os.environ.get("CHAINKIT_RECORD_MODE") or "none")
+    return str(os.environ.get("CHAINKIT_RECORD_MODE") or "none").lower()
 
 
 @pytest.fixture
-def allow_hosts(request: pytest.FixtureRequest) -> list[str]:
+def chainkit_allow_hosts(request: pytest.FixtureRequest) -> list[str]:
     marker = request.node.get_closest_marker("cassette")
-    marked = list(marker.kwargs.get("allow_hosts", ())) if marker is not None else []
+    marked = marker.kwargs.get("allow_hosts", ()) if marker is not None else ()
+    marked = [marked] if isinstance(marked, str) else list(marked)
     return [*request.config.getoption("chainkit_allow_hosts"), *marked]
+
+
+def cassette_name(nodeid: str) -> str:
+    """A file name for a test: class and parameters kept, unsafe characters replaced, and a
+    short hash of the test's id added whenever replacing made two ids alike."""
+    test = nodeid.split("::", 1)[-1].replace("::", ".")
+    safe = re.sub(r"[^\w.\-\[\]=,+]", "-", test)
+    if safe != test:
+        safe += "-" + hashlib.sha256(test.encode()).hexdigest()[:8]
+    return f"{safe}.json"
 
 
 @pytest.fixture
@@ -82,15 +109,16 @@ def cassette_path(request: pytest.FixtureRequest) -> Path:
     test_file = Path(str(request.node.path))
     if explicit:
         return (test_file.parent / explicit).resolve()
-    name = request.node.name.replace("/", "-").replace("[", "-").replace("]", "")
-    return test_file.parent / "cassettes" / test_file.stem / f"{name}.json"
+    return test_file.parent / "cassettes" / test_file.stem / cassette_name(request.node.nodeid)
 
 
 @pytest.fixture
-def cassette(cassette_path: Path, record_mode: str, allow_hosts: list[str]) -> Iterator[CassetteSession]:
+def cassette(
+    cassette_path: Path, chainkit_record_mode: str, chainkit_allow_hosts: list[str]
+) -> Iterator[CassetteSession]:
     from toolkit.replay import use_cassette
 
-    with use_cassette(cassette_path, record_mode, allow_hosts=allow_hosts) as session:
+    with use_cassette(cassette_path, chainkit_record_mode, allow_hosts=chainkit_allow_hosts) as session:
         yield session
 
 
@@ -110,7 +138,7 @@ def chainkit_project(request: pytest.FixtureRequest) -> Project:
 
 @pytest.fixture
 def chain_runner(
-    chainkit_project: Project, record_mode: str, allow_hosts: list[str]
+    chainkit_project: Project, chainkit_record_mode: str, chainkit_allow_hosts: list[str]
 ) -> Iterator[Callable[[str], Any]]:
     from toolkit.runner import chain_under_cassette
 
@@ -118,7 +146,9 @@ def chain_runner(
 
         def load(name: str) -> Any:
             _, chain, _ = stack.enter_context(
-                chain_under_cassette(chainkit_project, name, record_mode=record_mode, allow_hosts=allow_hosts)
+                chain_under_cassette(
+                    chainkit_project, name, record_mode=chainkit_record_mode, allow_hosts=chainkit_allow_hosts
+                )
             )
             return chain
 

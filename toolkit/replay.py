@@ -113,11 +113,7 @@ class CassetteSession:
         self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
         self.allow_hosts = {host.lower() for host in allow_hosts}
         mode, exists = self.mode, self.cassette.exists
-        if mode is RecordMode.NONE and not exists:
-            raise ReplayMissError(
-                f"cassette {self.path} does not exist and record mode is 'none'; record it first "
-                "(--record-mode once) or check the path"
-            )
+        self.loaded_sha256 = self.cassette.sha256()
         self.replays = mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (
             mode is RecordMode.ONCE and exists
         )
@@ -162,11 +158,21 @@ class CassetteSession:
             self.new.append((request_key(interaction.request), interaction))
 
     def miss(self, sent: RecordedRequest) -> ReplayMissError:
+        if not self.cassette.exists:
+            return ReplayMissError(
+                f"cassette {self.path} does not exist and record mode is {self.mode.value!r}, so "
+                f"{sent.method} {sent.url} has no answer; record it first (--record-mode once) or "
+                "check the path",
+                request=sent,
+            )
         why = {
             RecordMode.NONE: "record mode is 'none'",
             RecordMode.ONCE: "record mode 'once' records only a new cassette",
         }.get(self.mode, f"record mode is {self.mode.value!r}")
         recorded = [interaction.request for interaction in self.cassette]
+        host = endpoint(sent.method, sent.url)[1]
+        if all(endpoint(r.method, r.url)[1] != host for r in recorded):
+            why += f"; nothing was ever recorded for {host}: to reach it live, pass --allow-host {host}"
         return ReplayMissError(
             f"no recorded response in {self.path} for {sent.method} {sent.url} ({why}); re-record "
             "with --record-mode new_episodes, or change the request back.\n"
@@ -179,21 +185,39 @@ class CassetteSession:
         with self._lock:
             new, used = list(self.new), set(self.used)
         if new:
+            base = self.cassette
+            on_disk = self.cassette.sha256()
+            if on_disk is not None and on_disk != self.loaded_sha256:
+                # Another session saved this file since we loaded it: add to its content.
+                base, used = Cassette.load(self.path), set()
             replaced = {key for key, _ in new} if self.mode is RecordMode.ALL else set()
             kept = [
                 (position, interaction)
-                for position, interaction in enumerate(self.cassette.interactions)
+                for position, interaction in enumerate(base.interactions)
                 if request_key(interaction.request) not in replaced
             ]
             moved = {old: new_position for new_position, (old, _) in enumerate(kept)}
-            self.cassette.interactions = [i for _, i in kept] + [i for _, i in new]
-            self.cassette.recorded_with = recorder_versions()
-            self.cassette.save()
+            base.interactions = [i for _, i in kept] + [i for _, i in new]
+            base.recorded_with = recorder_versions()
+            base.save()
             used = {moved[position] for position in used if position in moved}
         if used:
             add_usage(self.path, used)
 
     # Handling one request -----------------------------------------------------------------------
+
+    def _replay(self, request: httpx.Request) -> httpx.Response:
+        """This cassette's answer, else that of an enclosing cassette still active."""
+        try:
+            return self.router.handler(request)
+        except _Unrecorded:
+            for outer in reversed(_sessions[:-1]):
+                if outer is not self:
+                    try:
+                        return outer.router.handler(request)
+                    except _Unrecorded:
+                        continue
+            raise
 
     def handle(self, request: Any, send: Callable[[Any], Any]) -> Any:
         """Answer a native (httpx or httpx2) request; ``send`` is the real transport."""
@@ -201,7 +225,7 @@ class CassetteSession:
         if request.url.host.lower() in self.allow_hosts:
             return send(request)
         try:
-            return _native_response(module, self.router.handler(_to_httpx(request, request.read())))
+            return _native_response(module, self._replay(_to_httpx(request, request.read())))
         except _Unrecorded as unrecorded:
             sent: RecordedRequest = unrecorded.args[0]
         if not self.records:
@@ -220,7 +244,7 @@ class CassetteSession:
             return await send(request)
         try:
             content = await request.aread()
-            return _native_response(module, self.router.handler(_to_httpx(request, content)))
+            return _native_response(module, self._replay(_to_httpx(request, content)))
         except _Unrecorded as unrecorded:
             sent: RecordedRequest = unrecorded.args[0]
         if not self.records:
@@ -440,6 +464,8 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
     recorded). The MLflow tracking server of $MLFLOW_TRACKING_URI is always allowed.
     ``record_via``: send live traffic to this base URL instead (an OpenAI-compatible gateway
     or a local server); the cassette keeps the original URLs.
+    In record mode none a missing cassette is an error at the first request it cannot answer,
+    not before: a block that sends nothing needs no cassette.
     """
 
     def __init__(
@@ -459,7 +485,10 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
 
     def __enter__(self) -> CassetteSession:
         session = CassetteSession(
-            self.path, self.record_mode, allow_hosts=self.allow_hosts, record_via=self.record_via
+            self.path,
+            self.record_mode,
+            allow_hosts=self.allow_hosts,
+            record_via=self.record_via,
         )
         guard = None
         if session.mode is RecordMode.NONE:

@@ -1,0 +1,484 @@
+"""The ``chainkit`` command line (toolkit/cli.py), driven with click's CliRunner.
+
+Each test works on a copy of the example project (chains/ and cassettes/) in a temporary
+directory. Replays run fully offline; recording goes to the fake OpenAI server on 127.0.0.1
+through $CHAINKIT_RECORD_VIA. Every test runs inside a network guard that lets only loopback
+through, so that a broken replay can never reach api.openai.com.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import CANARY_KEY, ROOT
+from openai_server import OpenAIServer
+
+from toolkit.cassette import Cassette
+from toolkit.cli import cli
+from toolkit.network import NetworkGuard
+
+QA_QUESTION = "What is MLflow?"
+STORY_TOPIC = "a robot learning to paint"
+SUMMARIZE_TEXT = (
+    "MLflow is an open-source platform to manage the machine learning lifecycle, including "
+    "experimentation, reproducibility, deployment, and a central model registry."
+)
+ROW_SPLIT = re.compile(r"\s{2,}")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only() -> Iterator[None]:
+    """Safety net: whatever a test does, only 127.0.0.1 can be reached."""
+    with NetworkGuard(["127.0.0.1"]):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "chains").mkdir(parents=True)
+    (root / "cassettes").mkdir()
+    for name in ("qa", "stream_story", "summarize"):
+        shutil.copy(ROOT / "chains" / f"{name}.py", root / "chains")
+        shutil.copy(ROOT / "cassettes" / f"{name}.json", root / "cassettes")
+    return root
+
+
+def invoke(project: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--project", str(project), *args])
+
+
+def run_qa(project: Path, question: str = QA_QUESTION, *extra: str) -> Result:
+    return invoke(project, "run", "qa", "--input", json.dumps({"question": question}), *extra)
+
+
+def document(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def qa_answer(cassette: Path, index: int = 0) -> str:
+    response = document(cassette)["interactions"][index]["response"]
+    return str(response["json"]["choices"][0]["message"]["content"])
+
+
+def story_text(cassette: Path) -> str:
+    events = document(cassette)["interactions"][0]["response"]["events"]
+    return "".join(
+        choice["delta"].get("content") or ""
+        for event in events if isinstance(event["data"], dict)
+        for choice in event["data"]["choices"]
+    )
+
+
+def summary_text(cassette: Path) -> str:
+    return str(document(cassette)["interactions"][0]["response"]["json"]["output"][0]["content"][0]["text"])
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    return [ROW_SPLIT.split(line.strip()) for line in stdout.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------ list
+
+
+def test_list_table(project: Path) -> None:
+    (project / "cassettes" / "summarize.json").unlink()
+    result = invoke(project, "list")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    header, *rows = table_rows(result.stdout)
+    assert header == ["chain", "flavor", "recorded", "description"]
+    assert [row[:3] for row in rows] == [
+        ["qa", "langchain", "yes"], ["stream_story", "langchain", "yes"], ["summarize", "langchain", "no"]]
+    assert rows[0][3].startswith("Answers a question about MLflow")
+
+
+def test_list_json(project: Path) -> None:
+    (project / "cassettes" / "stream_story.json").unlink()
+    result = invoke(project, "list", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert found["problems"] == []
+    chains = {chain["name"]: chain for chain in found["chains"]}
+    assert sorted(chains) == ["qa", "stream_story", "summarize"]
+    assert chains["qa"]["input_example"] == {"question": QA_QUESTION}
+    assert chains["qa"]["flavor"] == "langchain"
+    assert Path(chains["qa"]["path"]) == (project / "chains" / "qa.py").resolve()
+    assert Path(chains["qa"]["cassette"]) == (project / "cassettes" / "qa.json").resolve()
+    assert [chains[name]["recorded"] for name in sorted(chains)] == [True, False, True]
+
+
+BROKEN = '"""A chain with a syntax error on line 3."""\nimport mlflow\nchain = (1,\n'
+
+
+def test_list_reports_a_broken_chain_and_fails(project: Path) -> None:
+    (project / "chains" / "broken.py").write_text(BROKEN)
+    result = invoke(project, "list")
+    assert result.exit_code == 1
+    assert [row[0] for row in table_rows(result.stdout)[1:]] == ["qa", "stream_story", "summarize"]
+    broken = (project / "chains" / "broken.py").resolve()
+    assert re.search(rf"problem: {re.escape(str(broken))}:3: syntax error", result.stderr), result.stderr
+    assert "broken" not in result.stdout
+
+
+def test_list_json_reports_a_broken_chain_and_fails(project: Path) -> None:
+    (project / "chains" / "broken.py").write_text(BROKEN)
+    result = invoke(project, "list", "--json")
+    assert result.exit_code == 1
+    found = json.loads(result.stdout)
+    assert [chain["name"] for chain in found["chains"]] == ["qa", "stream_story", "summarize"]
+    (problem,) = found["problems"]
+    assert Path(problem["path"]).name == "broken.py" and problem["line"] == 3
+    assert "syntax error" in problem["message"]
+    assert result.stderr == ""
+
+
+def test_missing_project_directory_is_bad_usage(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "nowhere", "list")
+    assert result.exit_code == 2
+    assert "nowhere" in result.stderr and "does not exist" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def test_run_replays_offline(
+    project: Path, openai_server: OpenAIServer, record_via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # If replay went live, it would go to the fake server: it must see nothing.
+    monkeypatch.setenv("CHAINKIT_RECORD_VIA", record_via)
+    result = run_qa(project)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == qa_answer(project / "cassettes" / "qa.json") + "\n"
+    assert result.stderr == ""
+    assert openai_server.requests == []
+
+
+def test_run_responses_api_chain_replays(project: Path) -> None:
+    result = invoke(project, "run", "summarize", "--input", json.dumps({"text": SUMMARIZE_TEXT}))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == summary_text(project / "cassettes" / "summarize.json") + "\n"
+
+
+def test_run_stream_prints_the_streamed_text(project: Path, openai_server: OpenAIServer) -> None:
+    story = story_text(project / "cassettes" / "stream_story.json")
+    assert len(story.split()) > 10
+    result = invoke(project, "run", "stream_story", "--stream", "--input", json.dumps({"topic": STORY_TOPIC}))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == story + "\n"
+    assert openai_server.requests == []
+
+
+def test_run_stream_json_has_the_chunks(project: Path) -> None:
+    story = story_text(project / "cassettes" / "stream_story.json")
+    result = invoke(project, "run", "stream_story", "--stream", "--json",
+                    "--input", json.dumps({"topic": STORY_TOPIC}))
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)  # chunks are not printed as they come with --json
+    assert out["output"] == story
+    assert len(out["chunks"]) > 10 and "".join(out["chunks"]) == story
+
+
+def test_run_json(project: Path) -> None:
+    result = run_qa(project, QA_QUESTION, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["chain"] == "qa"
+    assert out["output"] == qa_answer(project / "cassettes" / "qa.json")
+    assert (out["record_mode"], out["replayed"], out["recorded"]) == ("none", 1, 0)
+    assert Path(out["cassette"]).resolve() == (project / "cassettes" / "qa.json").resolve()
+
+
+def test_run_miss_names_the_cassette_and_the_closest_request(
+    project: Path, openai_server: OpenAIServer, record_via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAINKIT_RECORD_VIA", record_via)
+    result = run_qa(project, "What is MLflow??")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert str(project / "cassettes" / "qa.json") in result.stderr
+    assert "Closest recorded request: #0 POST https://api.openai.com/v1/chat/completions" in result.stderr
+    assert 'messages[1].content: recorded "What is MLflow?", sent "What is MLflow??"' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert openai_server.requests == []
+
+
+def test_run_miss_with_json_keeps_stdout_empty(project: Path) -> None:
+    result = run_qa(project, "Something else entirely", "--json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "messages[1].content" in result.stderr
+
+
+def test_debug_shows_the_traceback(project: Path) -> None:
+    result = invoke(project, "--debug", "run", "qa", "--input", json.dumps({"question": "other"}))
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ReplayMissError" in result.stderr
+
+
+def test_run_without_its_cassette_in_none_mode(project: Path) -> None:
+    (project / "cassettes" / "qa.json").unlink()
+    result = run_qa(project)
+    assert result.exit_code == 1
+    assert str(project / "cassettes" / "qa.json") in result.stderr
+    assert "--record-mode once" in result.stderr
+    assert not (project / "cassettes" / "qa.json").exists()
+
+
+def test_run_bad_input_json_is_bad_usage(project: Path) -> None:
+    result = invoke(project, "run", "qa", "--input", "{question: 1")
+    assert result.exit_code == 2
+    assert "--input is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_run_a_chain_failure_is_one_line(project: Path) -> None:
+    result = invoke(project, "run", "qa", "--input", "{}")  # the prompt needs {question}
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: KeyError:") and "question" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_unknown_chain_suggests_the_closest_name(project: Path) -> None:
+    result = invoke(project, "run", "qaa", "--input", "{}")
+    assert result.exit_code == 1
+    assert "no chain named 'qaa'" in result.stderr
+    assert "did you mean 'qa'?" in result.stderr
+    assert "stream_story" in result.stderr  # lists what is available
+
+
+def test_run_unknown_record_mode_lists_the_choices(project: Path) -> None:
+    result = run_qa(project, QA_QUESTION, "--record-mode", "sometimes")
+    assert result.exit_code == 2
+    for mode in ("none", "once", "new_episodes", "all"):
+        assert f"'{mode}'" in result.stderr
+
+
+def test_unknown_record_mode_from_the_environment(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "sometimes")
+    result = run_qa(project)
+    assert result.exit_code == 2
+    assert "sometimes" in result.stderr and "none, once, new_episodes, all" in result.stderr
+
+
+def test_record_once_then_replay_offline(
+    project: Path, openai_server: OpenAIServer, record_via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cassette = project / "cassettes" / "qa.json"
+    cassette.unlink()
+    monkeypatch.setenv("CHAINKIT_RECORD_VIA", record_via)
+    question = "What is chainkit?"
+
+    recorded = run_qa(project, question, "--record-mode", "once", "--json")
+    assert recorded.exit_code == 0, recorded.output
+    out = json.loads(recorded.stdout)
+    assert (out["output"], out["recorded"], out["replayed"]) == (f"Answer to: {question}", 1, 0)
+    (received,) = openai_server.requests
+    assert received.path == "/v1/chat/completions"
+    assert received.body["messages"][-1] == {"role": "user", "content": question}
+
+    (interaction,) = Cassette.load(cassette).interactions
+    assert interaction.request.url == "https://api.openai.com/v1/chat/completions"  # not the server's
+    assert "authorization" not in cassette.read_text().lower()
+
+    openai_server.stop()
+    replayed = run_qa(project, question)
+    assert replayed.exit_code == 0, replayed.output
+    assert replayed.stdout == f"Answer to: {question}\n"
+    assert len(openai_server.requests) == 1
+
+    # `once` records only a new cassette: a new request against an existing one is a miss.
+    again = run_qa(project, "Another question?", "--record-mode", "once")
+    assert again.exit_code == 1
+    assert "record mode 'once' records only a new cassette" in again.stderr
+    assert len(Cassette.load(cassette)) == 1
+
+
+def test_cassette_option_overrides_the_default(project: Path, tmp_path: Path) -> None:
+    custom = tmp_path / "elsewhere" / "custom.json"
+    custom.parent.mkdir()
+    data = document(project / "cassettes" / "qa.json")
+    message = data["interactions"][0]["response"]["json"]["choices"][0]["message"]
+    message["content"] = "From the custom cassette."
+    custom.write_text(json.dumps(data))
+
+    result = run_qa(project, QA_QUESTION, "--cassette", str(custom), "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["output"] == "From the custom cassette."
+    assert Path(out["cassette"]) == custom
+    assert (custom.parent / ".custom.json.usage").exists()
+    assert not (project / "cassettes" / ".qa.json.usage").exists()
+
+    missing = run_qa(project, QA_QUESTION, "--cassette", str(tmp_path / "missing.json"))
+    assert missing.exit_code == 1
+    assert str(tmp_path / "missing.json") in missing.stderr
+
+
+# -------------------------------------------------------------------------------- cassette
+
+
+def test_cassette_show(project: Path) -> None:
+    result = invoke(project, "cassette", "show", str(project / "cassettes" / "qa.json"))
+    assert result.exit_code == 0, result.output
+    header, first, second, footer = table_rows(result.stdout)
+    assert header == ["#", "endpoint", "model", "prompt", "status", "streamed", "used"]
+    assert first == ["0", "POST /v1/chat/completions", "gpt-4o-mini", "What is MLflow?", "200", "no", "?"]
+    assert second == ["1", "POST /v1/chat/completions", "gpt-4o-mini", "What is a registered model?",
+                      "200", "no", "?"]
+    assert footer[0].startswith("2 interactions in ") and "openai 3." in result.stdout
+
+    streamed = invoke(project, "cassette", "show", str(project / "cassettes" / "stream_story.json"))
+    (row,) = table_rows(streamed.stdout)[1:-1]
+    assert row[1] == "POST /v1/chat/completions" and row[3].startswith("Tell a three-sentence story")
+    assert row[5] == "yes"
+
+    responses = invoke(project, "cassette", "show", str(project / "cassettes" / "summarize.json"))
+    (row,) = table_rows(responses.stdout)[1:-1]
+    assert row[1] == "POST /v1/responses" and row[3].startswith("MLflow is an open-source platform")
+
+
+def test_cassette_show_used_column_after_a_replay(project: Path) -> None:
+    assert run_qa(project).exit_code == 0
+    result = invoke(project, "cassette", "show", "--json", str(project / "cassettes" / "qa.json"))
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [(row["index"], row["prompt"], row["used"]) for row in out["interactions"]] == [
+        (0, "What is MLflow?", True), (1, "What is a registered model?", False)]
+    assert out["recorded_with"]["openai"].startswith("3.")
+
+
+def test_cassette_show_missing_file(project: Path) -> None:
+    result = invoke(project, "cassette", "show", str(project / "cassettes" / "nope.json"))
+    assert result.exit_code == 1
+    assert "nope.json" in result.stderr and "no such cassette" in result.stderr
+
+
+def test_cassette_check_ok(project: Path) -> None:
+    paths = [str(project / "cassettes" / f"{name}.json") for name in ("qa", "stream_story")]
+    result = invoke(project, "cassette", "check", *paths)
+    assert result.exit_code == 0, result.output
+    assert f"ok: {paths[0]}: 2 interactions; unused: unknown" in result.stdout
+    assert f"ok: {paths[1]}: 1 interactions; unused: unknown" in result.stdout
+    assert run_qa(project).exit_code == 0
+    after = invoke(project, "cassette", "check", paths[0])
+    assert after.exit_code == 0
+    assert after.stdout.strip() == f"ok: {paths[0]}: 2 interactions; unused: 1 (#1)"
+
+
+def leaky_copy(project: Path, secret: str) -> Path:
+    data = document(project / "cassettes" / "qa.json")
+    data["interactions"][1]["request"]["json"]["messages"][1]["content"] = f"My key is {secret}, keep it"
+    path = project / "cassettes" / "leaky.json"
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def test_cassette_check_flags_a_secret_shaped_string_without_printing_it(project: Path) -> None:
+    secret = "sk-proj-" + "Zq7" * 10
+    path = leaky_copy(project, secret)
+    result = invoke(project, "cassette", "check", str(path))
+    assert result.exit_code == 1
+    assert "credential" in result.stderr and str(path) in result.stderr
+    assert secret[8:20] not in result.output
+
+
+def test_cassette_check_names_the_environment_variable_never_the_value(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY_KEY)
+    path = leaky_copy(project, CANARY_KEY)
+    clean = str(project / "cassettes" / "summarize.json")
+    for args in (["cassette", "check", str(path), clean], ["cassette", "check", "--json", str(path), clean]):
+        result = invoke(project, *args)
+        assert result.exit_code == 1
+        assert "OPENAI_API_KEY" in result.output
+        assert CANARY_KEY not in result.output and CANARY_KEY[10:] not in result.output
+    reports = json.loads(result.stdout)
+    assert [report["ok"] for report in reports] == [False, True]
+
+
+def test_cassette_check_names_any_secret_variable(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    value = "plain-looking-value-4711"  # not credential-shaped: only the environment check finds it
+    monkeypatch.setenv("BILLING_SERVICE_TOKEN", value)
+    path = leaky_copy(project, value)
+    result = invoke(project, "cassette", "check", str(path))
+    assert result.exit_code == 1
+    assert "BILLING_SERVICE_TOKEN" in result.stderr
+    assert value not in result.output
+
+
+def test_cassette_check_a_broken_file(project: Path) -> None:
+    path = project / "cassettes" / "qa.json"
+    path.write_text(path.read_text()[:200])
+    result = invoke(project, "cassette", "check", str(path))
+    assert result.exit_code == 1
+    assert re.search(rf"problem: {re.escape(str(path))}:\d+:\d+: not valid JSON", result.stderr)
+
+
+def test_cassette_prune_drops_exactly_the_unused_interaction(project: Path) -> None:
+    path = project / "cassettes" / "qa.json"
+    assert run_qa(project).exit_code == 0  # replays #0 only
+    result = invoke(project, "cassette", "prune", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{path}: kept 1, dropped 1 unused interactions"
+    (kept,) = Cassette.load(path).interactions
+    assert kept.request.body["json"]["messages"][1]["content"] == QA_QUESTION
+    # the pruned cassette still replays what was used, and no longer what was not
+    assert run_qa(project).exit_code == 0
+    assert run_qa(project, "What is a registered model?").exit_code == 1
+
+
+def test_cassette_prune_refuses_before_any_replay(project: Path) -> None:
+    path = project / "cassettes" / "qa.json"
+    before = path.read_bytes()
+    result = invoke(project, "cassette", "prune", str(path))
+    assert result.exit_code == 1
+    assert str(path) in result.stderr
+    assert "no replay has used this cassette since it last changed" in result.stderr
+    assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------------- entry points
+
+
+def test_python_m_toolkit_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: chainkit ")
+    for command in ("list", "run", "cassette"):
+        assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE)
+
+
+HELP_PROBE = """
+import json, sys
+from toolkit import cli
+for args in (["--help"], ["run", "--help"], ["list", "--help"], ["cassette", "--help"]):
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        assert exc.code == 0, (args, exc.code)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "langchain", "langchain_core",
+                                                            "langchain_openai", "openai"))
+print(json.dumps(heavy))
+"""
+
+
+def test_help_imports_neither_mlflow_nor_langchain() -> None:
+    done = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: chainkit run" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,275 @@
+"""Logging chains to MLflow from code: offline, with exact requirements, registered, versioned.
+
+For each chain, under its cassette (so every LLM call MLflow makes while logging is replayed):
+
+1. load the file the way MLflow will (a stale ``set_model`` from an earlier file is caught);
+2. run it on its ``INPUT_EXAMPLE`` and infer the signature a person would write from the
+   example and the real output (MLflow's own inference gives up on plain-string outputs);
+3. compute its pip requirements and helper ``code_paths`` from its imports (no child process);
+4. skip it if a model with the same fingerprint (file, helpers, config, cassette, requirements)
+   is already logged, unless forced;
+5. ``mlflow.langchain.log_model`` / ``mlflow.pyfunc.log_model`` from the file, tagged with the
+   chain's name, the sha256 of the file and of its cassette, the git commit and chainkit's version;
+6. optionally register a model version under the chain's name and move an alias to it.
+
+One broken chain fails alone; the others still log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.cassette import Cassette, file_sha256
+from toolkit.discovery import ChainSpec, Flavor, discover
+from toolkit.errors import ChainkitError, PackagingError
+from toolkit.loading import load_chain, on_sys_path, predict_python_model
+from toolkit.project import Project
+from toolkit.redaction import check_no_secrets
+from toolkit.replay import RecordMode, use_cassette
+from toolkit.requirements import Dependencies, chain_dependencies
+
+EXPERIMENT = "chainkit"
+TAG_PREFIX = "chainkit."
+
+
+@dataclass
+class LogResult:
+    """What happened to one chain: logged, reused (unchanged since last time) or failed."""
+
+    name: str
+    status: str  # "logged" | "reused" | "failed"
+    model_id: str | None = None
+    model_uri: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ------------------------------------------------------------------------ tracking store
+
+
+def tracking_uri_for(project: Project, explicit: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's embedded sqlite store."""
+    import os
+
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.root / 'mlflow.db'}"
+
+
+def use_tracking(project: Project, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri_for(project, tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return str(found.experiment_id)
+    # A local store keeps its artifacts in the project, not wherever the command ran.
+    location = (project.root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return str(experiment_id)
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's INFO chatter (active model set, env vars found) is noise in a batch of logs."""
+    import mlflow  # noqa: F401 - importing mlflow configures its loggers; adjust them after
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------- one chain
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _files_of(paths: Iterable[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return files
+
+
+def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path) -> str:
+    """Changes whenever anything that goes into the logged model changes."""
+    from toolkit import __version__
+
+    digest = hashlib.sha256()
+    for file in [spec.path, *_files_of(dependencies.code_paths), *([spec.model_config] if spec.model_config else [])]:
+        digest.update(str(file.name).encode() + b"\0" + file.read_bytes() + b"\0")
+    digest.update((file_sha256(cassette) or "no cassette").encode())
+    digest.update(json.dumps([dependencies.requirements, spec.input_example, spec.flavor.value, __version__],
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def signature_for(spec: ChainSpec, chain: Any) -> Any:
+    """The signature a person would write: inferred from the example and the chain's output."""
+    from mlflow.models import infer_signature
+
+    if spec.input_example is None:
+        return None
+    if spec.flavor is Flavor.PYFUNC:
+        output = predict_python_model(chain, spec.input_example)
+    else:
+        output = chain.invoke(spec.input_example)
+    output = getattr(output, "content", output)
+    if hasattr(output, "model_dump"):
+        output = output.model_dump()
+    # Plain JSON types only: langchain returns str subclasses, which MLflow's inference rejects.
+    try:
+        output = json.loads(json.dumps(output))
+    except (TypeError, ValueError):
+        pass
+    return infer_signature(spec.input_example, output)
+
+
+def _existing_model(experiment_id: str, fingerprint_value: str) -> Any:
+    import mlflow
+
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_PREFIX}fingerprint` = '{fingerprint_value}'",
+        output_format="list",
+    )
+    ready = [model for model in found if str(getattr(model.status, "name", model.status)).upper() == "READY"]
+    return ready[0] if ready else None
+
+
+def _register(name: str, model_id: str, model_uri: str, alias: str | None) -> int:
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    existing = [mv for mv in client.search_model_versions(f"name = '{name}'") if getattr(mv, "model_id", None) == model_id]
+    if existing:
+        version = int(existing[0].version)
+    else:
+        version = int(mlflow.register_model(model_uri, name).version)
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+    return version
+
+
+def log_chain(
+    project: Project,
+    spec: ChainSpec,
+    experiment_id: str,
+    *,
+    register: bool = False,
+    alias: str | None = None,
+    force: bool = False,
+    record_mode: str | RecordMode | None = None,
+) -> LogResult:
+    """Log one chain (see the module docstring); errors are raised, not caught."""
+    import mlflow
+
+    started = time.perf_counter()
+    cassette_path = project.cassette_for(spec.name)
+    cassette = Cassette.load(cassette_path)
+    dependencies = chain_dependencies(spec.path, project.chains_dir, cassette.recorded_with)
+    for file in [spec.path, *_files_of(dependencies.code_paths), *([spec.model_config] if spec.model_config else [])]:
+        check_no_secrets(file.read_text(encoding="utf-8", errors="replace"), file)
+    fingerprint_value = fingerprint(spec, dependencies, cassette_path)
+    existing = None if force else _existing_model(experiment_id, fingerprint_value)
+    if existing is not None:
+        model_id, model_uri, status = existing.model_id, f"models:/{existing.model_id}", "reused"
+    else:
+        tags = {
+            f"{TAG_PREFIX}chain": spec.name,
+            f"{TAG_PREFIX}chain_sha256": file_sha256(spec.path),
+            f"{TAG_PREFIX}cassette_sha256": file_sha256(cassette_path) or "none",
+            f"{TAG_PREFIX}fingerprint": fingerprint_value,
+            f"{TAG_PREFIX}version": _chainkit_version(),
+        }
+        commit = git_commit(project.root)
+        if commit:
+            tags[f"{TAG_PREFIX}git_commit"] = commit
+        with use_cassette(cassette_path, record_mode), on_sys_path(project.chains_dir):
+            chain = load_chain(spec.path, spec.model_config)
+            signature = signature_for(spec, chain)
+            kwargs: dict[str, Any] = {
+                "name": spec.name,
+                "input_example": spec.input_example,
+                "signature": signature,
+                "pip_requirements": list(dependencies.requirements),
+                "code_paths": [str(path) for path in dependencies.code_paths] or None,
+                "model_config": str(spec.model_config) if spec.model_config else None,
+                "tags": tags,
+            }
+            if spec.flavor is Flavor.PYFUNC:
+                info = mlflow.pyfunc.log_model(python_model=str(spec.path), **kwargs)
+            else:
+                info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
+        model_id, model_uri, status = info.model_id, info.model_uri, "logged"
+    version = _register(spec.name, model_id, model_uri, alias) if register else None
+    return LogResult(spec.name, status, model_id, model_uri, version, alias if register else None,
+                     seconds=round(time.perf_counter() - started, 3))
+
+
+def _chainkit_version() -> str:
+    from toolkit import __version__
+
+    return __version__
+
+
+def log_chains(
+    project: Project,
+    names: Iterable[str] = (),
+    *,
+    register: bool = False,
+    alias: str | None = None,
+    force: bool = False,
+    record_mode: str | RecordMode | None = None,
+    tracking_uri: str | None = None,
+) -> list[LogResult]:
+    """Log the named chains (default: all discovered); one failure does not stop the rest."""
+    found = discover(project.chains_dir)
+    wanted = list(names)
+    specs = [found.get(name) for name in wanted] if wanted else list(found.chains)
+    if alias and not register:
+        raise PackagingError("--alias needs --register: an alias points at a registered model version")
+    with quiet_mlflow():
+        experiment_id = use_tracking(project, tracking_uri)
+        results = []
+        for spec in specs:
+            started = time.perf_counter()
+            try:
+                results.append(log_chain(project, spec, experiment_id, register=register, alias=alias,
+                                         force=force, record_mode=record_mode))
+            except Exception as exc:  # noqa: BLE001 - isolation: report, then go on with the rest
+                reason = str(exc) if isinstance(exc, ChainkitError) else f"{type(exc).__name__}: {exc}"
+                results.append(LogResult(spec.name, "failed", error=f"chain {spec.name}: {reason}",
+                                         seconds=round(time.perf_counter() - started, 3)))
+    return results
