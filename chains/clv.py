@@ -25,7 +25,7 @@ def retention(customer: dict) -> float:
 
 def purchase_frequency(customer: dict) -> float:
     """Expected orders per year."""
-    return float(customer["orders_last_year"]) * float(config.get("frequency_trend"))
+    return round(float(customer["orders_last_year"]) * float(config.get("frequency_trend")), 2)
 
 
 def average_order_value(customer: dict) -> float:

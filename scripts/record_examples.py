@@ -6,7 +6,7 @@ the real API's, text from ANSWERS below). With a real key, record from the real 
 
     OPENAI_API_KEY=sk-... .venv/bin/chainkit run qa --input '{"question": "What is MLflow?"}' --record-mode all
 
-Run: .venv/bin/python scripts/record_examples.py
+Run: .venv/bin/python scripts/record_examples.py [CHAIN ...]
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ from toolkit.runner import run_chain  # noqa: E402
 INPUTS: dict[str, list[dict[str, Any]]] = {
     "qa": [{"question": "What is MLflow?"}, {"question": "What is a registered model?"}],
     "stream_story": [{"topic": "a robot learning to paint"}],
+    "rag": [
+        {"question": "How do I create a new version of a registered model?"},
+        {"question": "What does a signature describe?"},
+    ],
+    "chat_as_code": [{"messages": [{"role": "user", "content": "What is MLflow?"}]}],
+    "extract": [
+        {"text": "Hi, I'm Ada Lovelace from Analytical Engines Ltd; write to ada@example.com."},
+        {"text": "Grace Hopper here (grace@navy.example), no company to speak of."},
+    ],
     "summarize": [
         {
             "text": "MLflow is an open-source platform to manage the machine learning lifecycle, "
@@ -37,31 +46,47 @@ INPUTS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
-ANSWERS = {
+ANSWERS = {  # the first needle found in the request wins
+    "fun and interesting": " MLflow is like a lab notebook that never loses a page: it remembers "
+    "every experiment, every model, and which one you shipped!",
     "What is MLflow?": "MLflow is an open-source platform for managing the machine learning "
     "lifecycle. It tracks experiments, packages models, and serves them through a registry.",
     "What is a registered model?": "A registered model is a named entry in the MLflow Model "
     "Registry. Each time you register a logged model under that name, it gets a new version.",
     "robot learning to paint": "A robot named Ivo dipped its brush in blue and painted a sky. "
     "The sky dripped, so Ivo painted rain. By evening the gallery called it a masterpiece.",
+    "new version of a registered model": "Call mlflow.register_model(model_uri, name): each call "
+    "creates a new numbered version of that registered model. An alias can then be moved to it.",
+    "What does a signature describe": "A signature describes a model's inputs and outputs. It is "
+    "inferred from an input example at logging time and enforced when the model predicts.",
     "open-source platform to manage": "MLflow is an open-source platform that manages the whole "
     "machine learning lifecycle, from experiments to a central model registry.",
 }
 
 
+CONTACTS = {
+    "Ada Lovelace": {"name": "Ada Lovelace", "email": "ada@example.com", "company": "Analytical Engines Ltd"},
+    "Grace Hopper": {"name": "Grace Hopper", "email": "grace@navy.example", "company": None},
+}
+
+
 def responder(endpoint: str, body: dict[str, Any]) -> str:
     text = json.dumps(body)
+    if "response_format" in body:  # structured output: answer with JSON that fits the schema
+        return json.dumps(next(c for name, c in CONTACTS.items() if name in text))
     for needle, answer in ANSWERS.items():
         if needle in text:
             return answer
     return default_responder(endpoint, body)
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     project = Project.at(ROOT)
     with OpenAIServer(responder=responder) as server:
         os.environ["CHAINKIT_RECORD_VIA"] = server.base_url.removesuffix("/v1")
         for name, inputs in INPUTS.items():
+            if only and name not in only:
+                continue
             project.cassette_for(name).unlink(missing_ok=True)
             for chain_input in inputs:
                 result = run_chain(project, name, chain_input, record_mode="once" if chain_input is inputs[0] else "new_episodes")
@@ -69,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # chain names; default: all

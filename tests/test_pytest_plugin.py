@@ -9,6 +9,7 @@ Runs are in-process (the plugin restores every patch on exit) except where noted
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,23 @@ def test_invalid_record_mode_is_a_usage_error_listing_the_choices(inner: pytest.
         assert f"'{choice}'" in stderr
 
 
+def test_invalid_record_mode_in_the_environment_is_a_usage_error(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(test_any="def test_any():\n    pass\n")
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "sometimes")
+    result = inner.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "CHAINKIT_RECORD_MODE" in output
+    assert "sometimes" in output
+    assert "none, once, new_episodes, all" in output
+    assert "test_any" not in result.stdout.str()  # stopped at configure time: nothing collected
+    # Control: a valid value (in any case) runs the tests.
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "ONCE")
+    inner.runpytest().assert_outcomes(passed=1)
+
+
 def test_cassette_marker_is_registered(inner: pytest.Pytester) -> None:
     result = inner.runpytest("--markers")
     assert result.ret == pytest.ExitCode.OK
@@ -179,9 +197,37 @@ def test_default_mode_none_fails_naming_the_missing_cassette(inner: pytest.Pytes
     write_test(inner, "tests/test_rec.py", ONE_TEST)
     missing = inner.path / "tests" / "cassettes" / "test_rec" / "test_ask.json"
     result = inner.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*ReplayMissError: cassette {missing} does not exist*"])
+    # Not an error on entering the cassette: the test runs, and its first request fails.
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*ReplayMissError: cassette {missing} does not exist and record mode is 'none', so "
+            f"POST {OPENAI_BASE}/chat/completions has no answer; record it first (--record-mode once)*"
+        ]
+    )
     assert not missing.exists()
+
+
+def test_mode_none_needs_no_cassette_for_a_test_that_sends_nothing(inner: pytest.Pytester) -> None:
+    write_test(
+        inner,
+        "tests/test_quiet.py",
+        """
+import pytest
+
+from toolkit.replay import active_session
+
+
+@pytest.mark.cassette
+def test_sends_nothing(cassette):
+    assert active_session() is cassette
+    assert cassette.mode.value == "none"
+    assert not cassette.path.exists()
+""",
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(passed=1)
+    assert not (inner.path / "tests" / "cassettes").exists()  # nothing written either
 
 
 def test_record_mode_from_the_environment(
@@ -202,7 +248,7 @@ def test_command_line_record_mode_wins_over_the_environment(
     cassette = inner.path / "tests/cassettes/test_rec/test_ask.json"
     monkeypatch.setenv("CHAINKIT_RECORD_MODE", "once")
     result = inner.runpytest("--record-mode=none")
-    result.assert_outcomes(errors=1)
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*does not exist and record mode is 'none'*"])
     assert server.requests == []
     assert not cassette.exists()
@@ -286,38 +332,55 @@ def test_keyword():
     assert len(server.requests) == 2
 
 
-def test_marker_record_mode_wins_over_the_command_line(inner: pytest.Pytester, server: OpenAIServer) -> None:
-    write_test(
+def test_command_line_record_mode_wins_over_the_marker_and_the_marker_over_the_environment(
+    inner: pytest.Pytester, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_file = write_test(
         inner,
         "tests/test_modes.py",
         CLIENT
         + """
 
 @pytest.mark.cassette(record_mode="once")
-def test_records_although_none_was_asked():
-    assert ask("marked once") == "Answer to: marked once"
+def test_marked():
+    assert ask("marked") == "Answer to: marked"
 """,
     )
-    cassette = inner.path / "tests/cassettes/test_modes/test_records_although_none_was_asked.json"
+    cassette = inner.path / "tests/cassettes/test_modes/test_marked.json"
+
+    # --record-mode=none (as in CI) beats the marker's once: nothing reaches the network.
     result = inner.runpytest("--record-mode=none")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*ReplayMissError: cassette {cassette} does not exist and record mode is 'none'*"])
+    assert server.requests == []
+    assert not cassette.exists()
+
+    # No option: the marker's once applies, and beats $CHAINKIT_RECORD_MODE=none.
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "none")
+    result = inner.runpytest()
     result.assert_outcomes(passed=1)
-    assert sent_questions(cassette) == ["marked once"]
+    assert sent_questions(cassette) == ["marked"]
     assert len(server.requests) == 1
 
-    # record_mode="none" in the marker: --record-mode=all does not re-record (nor reach the server).
-    test_file = inner.path / "tests/test_modes.py"
-    test_file.write_text(test_file.read_text().replace('record_mode="once"', 'record_mode="none"'))
+    # record_mode="all" in the marker: --record-mode=none still only replays.
+    test_file.write_text(test_file.read_text().replace('record_mode="once"', 'record_mode="all"'))
     before = cassette.read_bytes()
-    result = inner.runpytest("--record-mode=all")
+    result = inner.runpytest("--record-mode=none")
     result.assert_outcomes(passed=1)
     assert len(server.requests) == 1
     assert cassette.read_bytes() == before
+
+    # ...and without the option the marker's all re-records, $CHAINKIT_RECORD_MODE=none or not.
+    result = inner.runpytest()
+    result.assert_outcomes(passed=1)
+    assert len(server.requests) == 2
+    assert sent_questions(cassette) == ["marked"]
 
 
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def test_cassette_fixture_yields_the_active_session(inner: pytest.Pytester) -> None:
+def test_cassette_fixture_yields_the_active_session(inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     write_test(
         inner,
         "tests/test_fixture.py",
@@ -331,16 +394,16 @@ from toolkit.replay import CassetteSession, active_session
 HERE = Path(__file__).parent
 
 
-def test_session(cassette):
+def test_session(cassette, chainkit_record_mode):
     assert isinstance(cassette, CassetteSession)
-    assert cassette.mode.value == "once"
+    assert cassette.mode.value == "once" == chainkit_record_mode
     assert cassette.path == HERE / "cassettes" / "test_fixture" / "test_session.json"
     assert active_session() is cassette
 
 
 @pytest.mark.cassette("elsewhere.json", record_mode="all")
-def test_marked_session(cassette, cassette_path, record_mode):
-    assert cassette.mode.value == "all" == record_mode
+def test_marked_session(cassette, cassette_path, chainkit_record_mode):
+    assert cassette.mode.value == "all" == chainkit_record_mode
     assert cassette.path == cassette_path == HERE / "elsewhere.json"
     assert active_session() is cassette
 
@@ -349,7 +412,8 @@ def test_no_marker_no_cassette():
     assert active_session() is None
 """,
     )
-    result = inner.runpytest("--record-mode=once", "-v")
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "once")  # the marker's all wins over it
+    result = inner.runpytest("-v")
     result.assert_outcomes(passed=3)
 
 
@@ -370,21 +434,20 @@ def test_ask(question):
     result.assert_outcomes(passed=3)
     folder = inner.path / "tests/cassettes/test_params"
     files = sorted(p.name for p in folder.iterdir() if p.suffix == ".json")
-    assert files == ["test_ask-alpha.json", "test_ask-beta-gamma.json", "test_ask-delta epsilon.json"]
-    assert sent_questions(folder / "test_ask-alpha.json") == ["alpha"]
-    assert sent_questions(folder / "test_ask-beta-gamma.json") == ["beta/gamma"]
-    assert sent_questions(folder / "test_ask-delta epsilon.json") == ["delta epsilon"]
+    assert len(files) == 3, files
+    # The id is kept as is when it is safe, else made safe with a hash of the original added.
+    assert files[0] == "test_ask[alpha].json"
+    assert re.fullmatch(r"test_ask\[beta-gamma\]-[0-9a-f]{8}\.json", files[1]), files
+    assert re.fullmatch(r"test_ask\[delta-epsilon\]-[0-9a-f]{8}\.json", files[2]), files
+    assert sent_questions(folder / files[0]) == ["alpha"]
+    assert sent_questions(folder / files[1]) == ["beta/gamma"]
+    assert sent_questions(folder / files[2]) == ["delta epsilon"]
 
     result = inner.runpytest()
     result.assert_outcomes(passed=3)
     assert len(server.requests) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cassette_path ignores the test class: TestA::test_x and "
-    "TestB::test_x share tests/cassettes/<module>/test_x.json",
-)
 def test_same_test_name_in_two_classes_gets_distinct_cassettes(
     inner: pytest.Pytester, server: OpenAIServer
 ) -> None:
@@ -407,16 +470,17 @@ class TestSecond:
 """,
     )
     result = inner.runpytest("--record-mode=once")
-    folder = inner.path / "tests/cassettes/test_classes"
-    recorded = sorted(q for p in folder.glob("*.json") for q in sent_questions(p))
-    assert recorded == ["first", "second"]
-    assert len(list(folder.glob("*.json"))) == 2
     result.assert_outcomes(passed=2)
+    folder = inner.path / "tests/cassettes/test_classes"
+    assert sorted(p.name for p in folder.glob("*.json")) == ["TestFirst.test_ask.json", "TestSecond.test_ask.json"]
+    assert sent_questions(folder / "TestFirst.test_ask.json") == ["first"]
+    assert sent_questions(folder / "TestSecond.test_ask.json") == ["second"]
+
+    result = inner.runpytest()  # each replays from its own cassette
+    result.assert_outcomes(passed=2)
+    assert len(server.requests) == 2
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: cassette_path maps '/' in an id to '-': ids 'a/b' and 'a-b' share one cassette"
-)
 def test_distinct_ids_never_share_a_cassette(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_ids="""
@@ -432,6 +496,7 @@ def test_distinct_ids_never_share_a_cassette(inner: pytest.Pytester) -> None:
     names = [line.split()[-1] for line in result.stdout.lines if "CASSETTE" in line]
     assert len(names) == 2
     assert len(set(names)) == 2, names
+    assert "test_id[a-b].json" in names  # the safe id keeps its plain name
 
 
 # --- chain_runner -----------------------------------------------------------------------------
@@ -478,28 +543,40 @@ def test_chain_runner_reports_an_unrecorded_question(qa_project: pytest.Pytester
     assert difference in result.stdout.str()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: chain_runner's cassettes stack: the last chain loaded answers for every chain of the test",
-)
 def test_chain_runner_keeps_each_chain_on_its_own_cassette(qa_project: pytest.Pytester) -> None:
     shutil.copy(ROOT / "chains" / "summarize.py", qa_project.path / "chains" / "summarize.py")
     shutil.copy(ROOT / "cassettes" / "summarize.json", qa_project.path / "cassettes" / "summarize.json")
     qa_project.makepyfile(
         test_two="""
+        TEXT = (
+            "MLflow is an open-source platform to manage the machine learning lifecycle, "
+            "including experimentation, reproducibility, deployment, and a central model registry."
+        )
+
         def test_two_chains(chain_runner):
             qa = chain_runner("qa")
             summarize = chain_runner("summarize")
+            # qa's request is answered by qa.json although summarize.json is the innermost.
             assert "MLflow" in qa.invoke({"question": "What is MLflow?"})
-            text = (
-                "MLflow is an open-source platform to manage the machine learning lifecycle, "
-                "including experimentation, reproducibility, deployment, and a central model registry."
-            )
-            assert "MLflow" in summarize.invoke({"text": text})
+            assert "MLflow" in summarize.invoke({"text": TEXT})
+
+        def test_a_miss_is_reported_by_the_innermost(chain_runner):
+            qa = chain_runner("qa")
+            chain_runner("summarize")
+            qa.invoke({"question": "What is a cassette?"})
         """
     )
-    result = qa_project.runpytest("--record-mode=none", "test_two.py")
+    cassettes = qa_project.path / "cassettes"
+    before = {name: (cassettes / name).read_bytes() for name in ("qa.json", "summarize.json")}
+    result = qa_project.runpytest("--record-mode=none", "test_two.py::test_two_chains")
     result.assert_outcomes(passed=1)
+    assert {name: (cassettes / name).read_bytes() for name in before} == before
+
+    result = qa_project.runpytest("--record-mode=none", "test_two.py::test_a_miss_is_reported_by_the_innermost")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [f"*ReplayMissError: no recorded response in {cassettes / 'summarize.json'} for POST {OPENAI_BASE}/*"]
+    )
 
 
 # --- allowed hosts ----------------------------------------------------------------------------
@@ -510,18 +587,57 @@ def test_allow_host_option_reaches_the_allow_hosts_fixture(inner: pytest.Pyteste
         test_hosts="""
         import pytest
 
-        def test_option_hosts(allow_hosts):
-            assert allow_hosts == ["example.com", "models.internal"]
+        def test_option_hosts(chainkit_allow_hosts):
+            assert chainkit_allow_hosts == ["example.com", "models.internal"]
 
         @pytest.mark.cassette(record_mode="once", allow_hosts=["marked.test"])
-        def test_marker_hosts_are_added(allow_hosts, cassette):
-            assert allow_hosts == ["example.com", "models.internal", "marked.test"]
+        def test_marker_hosts_are_added(chainkit_allow_hosts, cassette):
+            assert chainkit_allow_hosts == ["example.com", "models.internal", "marked.test"]
             assert {"example.com", "models.internal", "marked.test"} <= cassette.allow_hosts
         """
     )
     result = inner.runpytest("--allow-host", "example.com", "--allow-host=models.internal")
     result.assert_outcomes(passed=2)
     assert inner.runpytest("test_hosts.py::test_option_hosts").ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_marker_allow_hosts_string_is_one_host(
+    inner: pytest.Pytester, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_OPENAI", server.base_url)
+    write_test(
+        inner,
+        "tests/cassettes/test_one_host/test_live.json",
+        json.dumps({"chainkit_cassette": 1, "interactions": []}),
+    )
+    write_test(
+        inner,
+        "tests/test_one_host.py",
+        """
+import os
+
+import httpx
+import pytest
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "live"}]}
+
+
+@pytest.mark.cassette(allow_hosts="example.com")
+def test_fixture(chainkit_allow_hosts, cassette):
+    assert chainkit_allow_hosts == ["example.com"]
+    assert "example.com" in cassette.allow_hosts
+    assert "e" not in cassette.allow_hosts
+
+
+@pytest.mark.cassette(allow_hosts="127.0.0.1")
+def test_live():  # record mode none: only the allowed host lets this through
+    response = httpx.post(os.environ["FAKE_OPENAI"] + "/chat/completions", json=BODY)
+    assert response.json()["choices"][0]["message"]["content"] == "Answer to: live"
+""",
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(passed=2)
+    assert len(server.requests) == 1
 
 
 def test_allowed_host_is_reached_live_in_record_mode_none(

@@ -171,6 +171,47 @@ def run(obj: Context, chain: str, input_json: str, stream: bool, record_mode: st
         click.echo(output if isinstance(output, str) else json.dumps(output, indent=2, default=str))
 
 
+# ------------------------------------------------------------------------------------- log
+
+
+@cli.command("log")
+@click.argument("chains", nargs=-1)
+@click.option("--register", is_flag=True, help="Register a model version named after each chain.")
+@click.option("--alias", default=None, help="Move this alias to the new versions (needs --register).")
+@click.option("--force", is_flag=True, help="Log again even if an identical model is already logged.")
+@click.option("--record-mode", type=click.Choice(RECORD_MODES), default=None,
+              help="Default: $CHAINKIT_RECORD_MODE, else none (offline, from the cassettes).")
+@click.option("--tracking-uri", default=None,
+              help="Default: $MLFLOW_TRACKING_URI, else sqlite:///PROJECT/mlflow.db.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+@reports_errors
+def log_command(obj: Context, chains: tuple[str, ...], register: bool, alias: str | None, force: bool,
+                record_mode: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Log CHAINS (default: all) to MLflow from code, offline, with exact requirements."""
+    from toolkit.packaging import log_chains, tracking_uri_for
+
+    if alias and not register:
+        raise UsageError("--alias needs --register: an alias points at a registered model version")
+    project = obj.project
+    results = log_chains(project, chains, register=register, alias=alias, force=force,
+                         record_mode=record_mode, tracking_uri=tracking_uri)
+    uri = tracking_uri_for(project, tracking_uri)
+    if as_json:
+        emit_json({"tracking_uri": uri, "models": [result.to_json() for result in results]})
+    else:
+        rows = [[r.name, r.status, "" if r.version is None else str(r.version), r.model_uri or "",
+                 f"{r.seconds:.2f}s"] for r in results]
+        click.echo(table(["chain", "status", "version", "model_uri", "time"], rows, width=60))
+        for result in results:
+            if result.error:
+                click.echo(f"error: {result.error}", err=True)
+        if uri.startswith("sqlite:"):
+            click.echo(f"\nbrowse them: .venv/bin/mlflow ui --backend-store-uri {uri}")
+    if not all(result.ok for result in results):
+        obj_exit(1)
+
+
 # -------------------------------------------------------------------------------- cassette
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from toolkit.cassette import Cassette, file_sha256
 from toolkit.discovery import ChainSpec, Flavor, discover
-from toolkit.errors import ChainkitError, PackagingError
+from toolkit.errors import ChainkitError, UsageError
 from toolkit.loading import load_chain, on_sys_path, predict_python_model
 from toolkit.project import Project
 from toolkit.redaction import check_no_secrets
@@ -259,7 +259,7 @@ def log_chains(
     wanted = list(names)
     specs = [found.get(name) for name in wanted] if wanted else list(found.chains)
     if alias and not register:
-        raise PackagingError("--alias needs --register: an alias points at a registered model version")
+        raise UsageError("--alias needs --register: an alias points at a registered model version")
     with quiet_mlflow():
         experiment_id = use_tracking(project, tracking_uri)
         results = []
