@@ -29,6 +29,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "OPENAI_BASE_URL",
         "OPENAI_ORG_ID",
         "OPENAI_PROJECT_ID",
+        # mlflow.set_tracking_uri() also sets this variable: without removing it, one test's
+        # store would leak into the next.
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
     ):
         monkeypatch.delenv(name, raising=False)
 

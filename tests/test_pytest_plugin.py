@@ -351,7 +351,9 @@ def test_marked():
     # --record-mode=none (as in CI) beats the marker's once: nothing reaches the network.
     result = inner.runpytest("--record-mode=none")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*ReplayMissError: cassette {cassette} does not exist and record mode is 'none'*"])
+    result.stdout.fnmatch_lines(
+        [f"*ReplayMissError: cassette {cassette} does not exist and record mode is 'none'*"]
+    )
     assert server.requests == []
     assert not cassette.exists()
 
@@ -380,7 +382,9 @@ def test_marked():
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def test_cassette_fixture_yields_the_active_session(inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cassette_fixture_yields_the_active_session(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_test(
         inner,
         "tests/test_fixture.py",
@@ -472,7 +476,10 @@ class TestSecond:
     result = inner.runpytest("--record-mode=once")
     result.assert_outcomes(passed=2)
     folder = inner.path / "tests/cassettes/test_classes"
-    assert sorted(p.name for p in folder.glob("*.json")) == ["TestFirst.test_ask.json", "TestSecond.test_ask.json"]
+    assert sorted(p.name for p in folder.glob("*.json")) == [
+        "TestFirst.test_ask.json",
+        "TestSecond.test_ask.json",
+    ]
     assert sent_questions(folder / "TestFirst.test_ask.json") == ["first"]
     assert sent_questions(folder / "TestSecond.test_ask.json") == ["second"]
 
@@ -572,7 +579,9 @@ def test_chain_runner_keeps_each_chain_on_its_own_cassette(qa_project: pytest.Py
     result.assert_outcomes(passed=1)
     assert {name: (cassettes / name).read_bytes() for name in before} == before
 
-    result = qa_project.runpytest("--record-mode=none", "test_two.py::test_a_miss_is_reported_by_the_innermost")
+    result = qa_project.runpytest(
+        "--record-mode=none", "test_two.py::test_a_miss_is_reported_by_the_innermost"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [f"*ReplayMissError: no recorded response in {cassettes / 'summarize.json'} for POST {OPENAI_BASE}/*"]

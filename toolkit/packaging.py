@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.cassette import Cassette, file_sha256
-from toolkit.discovery import ChainSpec, Flavor, discover
+from toolkit.discovery import ChainSpec, Flavor, Problem, discover
 from toolkit.errors import ChainkitError, UsageError
 from toolkit.loading import load_chain, on_sys_path, predict_python_model
 from toolkit.project import Project
@@ -172,7 +172,11 @@ def _register(name: str, model_id: str, model_uri: str, alias: str | None) -> in
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    existing = [mv for mv in client.search_model_versions(f"name = '{name}'") if getattr(mv, "model_id", None) == model_id]
+    existing = [
+        mv
+        for mv in client.search_model_versions(f"name = '{name}'")
+        if model_id in (getattr(mv, "model_id", None), str(mv.source).removeprefix("models:/"))
+    ]
     if existing:
         version = int(existing[0].version)
     else:
@@ -238,6 +242,10 @@ def log_chain(
                      seconds=round(time.perf_counter() - started, 3))
 
 
+def _problem_name(path: Path) -> str:
+    return path.parent.name if path.name == "__init__.py" else path.stem
+
+
 def _chainkit_version() -> str:
     from toolkit import __version__
 
@@ -257,7 +265,9 @@ def log_chains(
     """Log the named chains (default: all discovered); one failure does not stop the rest."""
     found = discover(project.chains_dir)
     wanted = list(names)
-    specs = [found.get(name) for name in wanted] if wanted else list(found.chains)
+    # A chain file discovery rejected (syntax error, no set_model) fails alone, like any other.
+    broken = {_problem_name(problem.path): problem for problem in found.problems}
+    specs = [broken.get(name) or found.get(name) for name in wanted] if wanted else [*found.chains, *broken.values()]
     if alias and not register:
         raise UsageError("--alias needs --register: an alias points at a registered model version")
     with quiet_mlflow():
@@ -265,6 +275,10 @@ def log_chains(
         results = []
         for spec in specs:
             started = time.perf_counter()
+            if isinstance(spec, Problem):
+                name = _problem_name(spec.path)
+                results.append(LogResult(name, "failed", error=f"chain {name}: {spec}"))
+                continue
             try:
                 results.append(log_chain(project, spec, experiment_id, register=register, alias=alias,
                                          force=force, record_mode=record_mode))
