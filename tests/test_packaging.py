@@ -280,7 +280,11 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def test_logs_to_a_real_tracking_server_over_http(tmp_path: Path, mlflow_server: str) -> None:
