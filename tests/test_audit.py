@@ -132,10 +132,6 @@ def test_prompt_of_without_a_prompt() -> None:
     assert prompt_of({"messages": [{"role": "assistant", "content": None}]}) == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/audit.py prompt_of takes messages[-1] (any role), while its docstring promises "
-    "'the last user message': after a tool call round trip the table shows the tool's output "
-    "instead of the question"))
 def test_prompt_of_a_tool_call_round_trip_is_the_user_question() -> None:
     body = {"messages": [
         {"role": "user", "content": "What is the weather in Paris?"},
@@ -178,10 +174,6 @@ def test_rows_of_a_body_without_json(tmp_path: Path) -> None:
         "GET", "/v1/models", "", "", 404, False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/audit.py rows() treats a stale usage file (written for an earlier version of the "
-    "cassette: load_usage returns an empty set on a sha256 mismatch) as 'no replay used anything', "
-    "so every row shows used=no instead of unknown (None) as Row.used documents"))
 def test_rows_after_the_cassette_changed_are_unknown(three: Path) -> None:
     add_usage(three, {0})
     cassette = Cassette.load(three)
@@ -314,10 +306,6 @@ def test_check_reports_both_an_environment_secret_and_its_shape(
     assert not any(CANARY_KEY in p or CANARY_KEY[7:] in p for p in problems)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/audit.py check() reports every interaction as unused when the usage file is stale "
-    "(the cassette changed since the replay: load_usage returns an empty set on a sha256 mismatch) "
-    "instead of unknown (None) as CheckReport.unused documents"))
 def test_check_after_the_cassette_changed_is_unknown(three: Path) -> None:
     add_usage(three, {0, 1, 2})
     cassette = Cassette.load(three)

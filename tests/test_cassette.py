@@ -174,4 +174,4 @@ def test_usage_is_tied_to_the_cassette_content(tmp_path: Path) -> None:
     add_usage(path, {0})
     assert load_usage(path) == {0, 1}
     Cassette(path, [interaction("a")]).save()  # changed content: old usage no longer applies
-    assert load_usage(path) == set()
+    assert load_usage(path) is None

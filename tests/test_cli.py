@@ -198,10 +198,6 @@ def test_run_json(project: Path) -> None:
     assert Path(out["cassette"]).resolve() == (project / "cassettes" / "qa.json").resolve()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/cli.py run --json lets whatever the chain prints while it loads or runs reach "
-    "stdout before the JSON document (run_chain is not wrapped in redirect_stdout(sys.stderr)), so "
-    "stdout is no longer exactly one JSON document"))
 def test_run_json_stdout_stays_one_document_when_the_chain_prints(project: Path) -> None:
     source = (project / "chains" / "qa.py").read_text()
     noisy = source.replace("chain = prompt", 'print("building the chain")\nchain = prompt')

@@ -309,11 +309,6 @@ def test_chainkit_allow_hosts_variable_is_honoured(
         assert_blocked(lambda: post_chat(server_root), "127.0.0.1", tripwire)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/replay.py CassetteSession.miss advises '--allow-host HOST:PORT' (the netloc from "
-    "matching.endpoint) when the URL has a port, but allow_hosts compares bare host names "
-    "(request.url.host in CassetteSession.handle, NetworkGuard.allows): following the advice "
-    "does not let the request through"))
 def test_following_the_allow_host_advice_of_a_miss_works(
     cassette: Path, openai_server: OpenAIServer
 ) -> None:
@@ -339,10 +334,6 @@ def test_a_missing_cassette_in_none_mode_still_closes_the_network(
     assert openai_server.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/replay.py use_cassette.__init__ does not strip the hosts of $CHAINKIT_ALLOW_HOSTS: "
-    "'a, 127.0.0.1' yields ' 127.0.0.1', which the socket guard normalizes but CassetteSession.handle "
-    "(httpx/httpx2 path) compares verbatim, so openai/httpx traffic to that host is a replay miss"))
 def test_chainkit_allow_hosts_with_spaces_lets_httpx_through(
     cassette: Path, openai_server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -557,9 +548,6 @@ def test_guards_exited_out_of_order_restore_the_socket_module(port: int) -> None
 # --------------------------------------------------------------------------- known gaps (bugs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/network.py patches only getaddrinfo/connect/connect_ex, so an unconnected UDP "
-    "socket's sendto()/sendmsg() sends a datagram to any host in record mode none"))
 def test_udp_sendto_is_blocked() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
         receiver.bind(("127.0.0.1", 0))
@@ -571,10 +559,6 @@ def test_udp_sendto_is_blocked() -> None:
             receiver.recv(16)  # nothing arrived
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: toolkit/network.py does not guard socket.gethostbyname/gethostbyname_ex (nor "
-    "gethostbyaddr/getnameinfo): a lookup of a host that is not allowed is resolved (a DNS query "
-    "leaves the process) instead of raising NetworkBlockedError"))
 def test_gethostbyname_is_blocked() -> None:
     with NetworkGuard(), pytest.raises(NetworkBlockedError):
         socket.gethostbyname("localhost")  # /etc/hosts here: nothing leaves even if unguarded

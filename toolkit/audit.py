@@ -8,9 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from toolkit.cassette import Cassette, Interaction, load_usage, usage_path
-from toolkit.errors import CassetteError
+from toolkit.errors import CassetteError, SecretLeakError
 from toolkit.redaction import check_no_secrets, secret_shapes
-from toolkit.errors import SecretLeakError
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,9 @@ def prompt_of(body: Any, words: int = 8) -> str:
     if isinstance(body, dict):
         messages = body.get("messages")
         if isinstance(messages, list) and messages:
-            text = _content_text(messages[-1].get("content") if isinstance(messages[-1], dict) else "")
+            users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            last = users[-1] if users else messages[-1]
+            text = _content_text(last.get("content") if isinstance(last, dict) else "")
         elif "input" in body:
             value = body["input"]
             if isinstance(value, list) and value and isinstance(value[-1], dict):
@@ -62,7 +63,7 @@ def _content_text(content: Any) -> str:
 
 
 def rows(cassette: Cassette) -> list[Row]:
-    usage = load_usage(cassette.path) if usage_path(cassette.path).exists() else None
+    usage = load_usage(cassette.path)
     return [_row(n, interaction, usage) for n, interaction in enumerate(cassette)]
 
 
@@ -105,8 +106,8 @@ def check(path: Path) -> CheckReport:
         report.problems.append(str(exc).replace("refused to write", "secret found in"))
     for shape in secret_shapes(text):
         report.problems.append(f"{path}: holds something shaped like a credential ({shape}); remove it and re-record")
-    if usage_path(path).exists():
-        used = load_usage(path)
+    used = load_usage(path)
+    if used is not None:
         report.unused = [n for n in range(len(cassette)) if n not in used]
     return report
 
@@ -116,12 +117,12 @@ def prune(path: Path) -> tuple[int, int]:
     cassette = Cassette.load(path)
     if not cassette.exists:
         raise CassetteError(f"{path}: no such cassette")
-    if not usage_path(path).exists() or not load_usage(path):
+    used = load_usage(path)
+    if not used:
         raise CassetteError(
             f"{path}: no replay has used this cassette since it last changed, so nothing says "
             "which recordings are needed; run the tests or chains that use it, then prune"
         )
-    used = load_usage(path)
     kept = [i for n, i in enumerate(cassette) if n in used]
     dropped = len(cassette) - len(kept)
     if dropped:

@@ -346,20 +346,21 @@ def usage_path(cassette_path: Path) -> Path:
     return cassette_path.with_name(f".{cassette_path.name}.usage")
 
 
-def load_usage(cassette_path: Path) -> set[int]:
-    """Interaction indices replayed since the cassette's current content was written."""
+def load_usage(cassette_path: Path) -> set[int] | None:
+    """Interaction indices replayed since the cassette's current content was written; None
+    when nothing says (no replay since it last changed)."""
     try:
         usage = json.loads(usage_path(cassette_path).read_text())
     except (OSError, ValueError):
-        return set()
+        return None
     if not isinstance(usage, dict) or usage.get("sha256") != file_sha256(cassette_path):
-        return set()
+        return None
     return {int(i) for i in usage.get("used", [])}
 
 
 def add_usage(cassette_path: Path, used: Iterable[int]) -> None:
     """Merge ``used`` into the usage file; best effort (a read-only checkout is fine)."""
-    merged = load_usage(cassette_path) | set(used)
+    merged = (load_usage(cassette_path) or set()) | set(used)
     document = {"sha256": file_sha256(cassette_path), "used": sorted(merged)}
     try:
         atomic_write(usage_path(cassette_path), json.dumps(document).encode("utf-8"))

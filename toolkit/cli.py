@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 work failed (a chain that would not run, a replay miss)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -160,8 +161,10 @@ def run(obj: Context, chain: str, input_json: str, stream: bool, record_mode: st
     except ValueError as exc:
         raise UsageError(f"--input is not valid JSON ({exc}); pass e.g. --input '{{\"question\": \"Hi\"}}'") from exc
     on_chunk = None if (as_json or not stream) else (lambda text: click.echo(text, nl=False))
-    result = run_chain(obj.project, chain, chain_input, stream=stream, record_mode=record_mode,
-                       cassette=cassette, allow_hosts=allow_hosts, on_chunk=on_chunk)
+    # With --json, stdout is one JSON document: what the chain itself prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run_chain(obj.project, chain, chain_input, stream=stream, record_mode=record_mode,
+                           cassette=cassette, allow_hosts=allow_hosts, on_chunk=on_chunk)
     if as_json:
         emit_json(result.to_json())
     elif stream:

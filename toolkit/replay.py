@@ -111,7 +111,7 @@ class CassetteSession:
         self.cassette = Cassette.load(path)
         self.path = self.cassette.path
         self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
-        self.allow_hosts = {host.lower() for host in allow_hosts}
+        self.allow_hosts = {host.strip().lower() for host in allow_hosts}
         mode, exists = self.mode, self.cassette.exists
         self.loaded_sha256 = self.cassette.sha256()
         self.replays = mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (
@@ -170,8 +170,8 @@ class CassetteSession:
             RecordMode.ONCE: "record mode 'once' records only a new cassette",
         }.get(self.mode, f"record mode is {self.mode.value!r}")
         recorded = [interaction.request for interaction in self.cassette]
-        host = endpoint(sent.method, sent.url)[1]
-        if all(endpoint(r.method, r.url)[1] != host for r in recorded):
+        host = urlsplit(sent.url).hostname or ""
+        if all(urlsplit(r.url).hostname != host for r in recorded):
             why += f"; nothing was ever recorded for {host}: to reach it live, pass --allow-host {host}"
         return ReplayMissError(
             f"no recorded response in {self.path} for {sent.method} {sent.url} ({why}); re-record "
@@ -478,7 +478,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
     ) -> None:
         self.path = Path(path)
         self.record_mode = RecordMode.parse(record_mode)
-        env_hosts = [h for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
+        env_hosts = [h.strip() for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
         self.allow_hosts = [*allow_hosts, *env_hosts]
         self.record_via = record_via
         self._entered: list[tuple[CassetteSession, NetworkGuard | None, str | None]] = []
