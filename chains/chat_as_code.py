@@ -1,4 +1,4 @@
-"""Replies to the last chat message with a legacy completions model: MLflow's chain_as_code example, on langchain 1.x.
+"""Replies to a chat with a legacy completions model: MLflow's chain_as_code example on langchain 1.x.
 
 MLflow's examples/langchain/chain_as_code.py imports `from langchain.llms import OpenAI`, which
 langchain 1.x no longer has; the same model is `langchain_openai.OpenAI` (/v1/completions).

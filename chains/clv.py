@@ -1,4 +1,4 @@
-"""Customer lifetime value from three sub-models (retention, purchase frequency, average order value) combined in one chain."""
+"""Customer lifetime value: three sub-models (retention, frequency, order value) combined in one chain."""
 
 from pathlib import Path
 

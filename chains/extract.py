@@ -18,7 +18,9 @@ class Contact(BaseModel):
 prompt = ChatPromptTemplate.from_messages(
     [("system", "Extract the contact details from the user's text."), ("user", "{text}")]
 )
-structured = ChatOpenAI(model="gpt-4o-mini", temperature=0).with_structured_output(Contact, method="json_schema")
+structured = ChatOpenAI(model="gpt-4o-mini", temperature=0).with_structured_output(
+    Contact, method="json_schema"
+)
 # A plain dict out: what MLflow's signature and pyfunc.predict serve.
 chain = prompt | structured | RunnableLambda(lambda contact: contact.model_dump())
 

@@ -1,4 +1,4 @@
-"""Answers MLflow questions from a small committed corpus: embeddings, an in-memory vector store, and chat."""
+"""Answers MLflow questions from a small corpus: embeddings, an in-memory vector store, and chat."""
 
 from operator import itemgetter
 

@@ -2,9 +2,9 @@
 
 The OpenAI API cannot be reached where chainkit is developed, so the committed cassettes
 under cassettes/ were recorded here, from tests/openai_server.py (answers shaped exactly like
-the real API's, text from ANSWERS below). With a real key, record from the real API instead:
+the real API's, text from ANSWERS below). With OPENAI_API_KEY set, record from the real API instead:
 
-    OPENAI_API_KEY=sk-... .venv/bin/chainkit run qa --input '{"question": "What is MLflow?"}' --record-mode all
+    .venv/bin/chainkit run qa --input '{"question": "What is MLflow?"}' --record-mode all
 
 Run: .venv/bin/python scripts/record_examples.py [CHAIN ...]
 """
@@ -89,7 +89,12 @@ def main(only: list[str]) -> None:
                 continue
             project.cassette_for(name).unlink(missing_ok=True)
             for chain_input in inputs:
-                result = run_chain(project, name, chain_input, record_mode="once" if chain_input is inputs[0] else "new_episodes")
+                result = run_chain(
+                    project,
+                    name,
+                    chain_input,
+                    record_mode="once" if chain_input is inputs[0] else "new_episodes",
+                )
                 print(f"{name}: recorded {result.recorded} -> {result.output!r}")
 
 

@@ -157,8 +157,14 @@ class OpenAIServer:
     matching real recordings are served byte for byte. `requests` lists what was received.
     """
 
-    def __init__(self, *, responder: Responder | None = None, latency: float = 0.0,
-                 faults: Iterable[Fault] = (), recorded_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        responder: Responder | None = None,
+        latency: float = 0.0,
+        faults: Iterable[Fault] = (),
+        recorded_dir: Path | None = None,
+    ) -> None:
         self.responder: Responder = responder or default_responder
         self.latency = latency
         self.requests: list[ReceivedRequest] = []
@@ -184,8 +190,12 @@ class OpenAIServer:
         if self._httpd is None:
             self._stopping.clear()
             self._httpd = _HTTPServer(("127.0.0.1", 0), _make_handler(self))
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="OpenAIServer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="OpenAIServer",
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -219,8 +229,10 @@ class OpenAIServer:
             return _Answer.json(fault.body or error_body(fault.status), fault.status, headers)
         endpoint = path.split("?", 1)[0].removeprefix("/v1/")
         handlers: dict[str, Callable[[Body], _Answer]] = {
-            "chat/completions": self._chat, "responses": self._responses,
-            "embeddings": self._embeddings, "completions": self._completions,
+            "chat/completions": self._chat,
+            "responses": self._responses,
+            "embeddings": self._embeddings,
+            "completions": self._completions,
         }
         if method != "POST" or endpoint not in handlers:
             return _Answer.json(error_body(404, f"Invalid URL ({method} {path})"), 404)
@@ -234,8 +246,11 @@ class OpenAIServer:
     def _find_recorded(self, endpoint: str, body: Body) -> _Answer | None:
         """The recording of this exact request, else the first of this endpoint and stream flag."""
         stream = bool(body.get("stream", False))
-        candidates = [r for r in self._recorded if r["endpoint"] == endpoint
-                      and bool(r["request"]["body"].get("stream", False)) == stream]
+        candidates = [
+            r
+            for r in self._recorded
+            if r["endpoint"] == endpoint and bool(r["request"]["body"].get("stream", False)) == stream
+        ]
         if not candidates:
             return None
         response = next((r for r in candidates if r["request"]["body"] == body), candidates[0])["response"]
@@ -249,15 +264,25 @@ class OpenAIServer:
 
     def _chat(self, body: Body) -> _Answer:
         text = self.responder("chat/completions", body)
-        head = {"id": _make_id("chatcmpl-", "chat", body, 29), "object": "chat.completion",
-                "created": CREATED, "model": str(body.get("model", "gpt-4o-mini"))}
+        head = {
+            "id": _make_id("chatcmpl-", "chat", body, 29),
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": str(body.get("model", "gpt-4o-mini")),
+        }
         tail = {"service_tier": "default", "system_fingerprint": "fp_fakeserver"}
         prompt, completion = count_tokens(body.get("messages")), count_tokens(text)
         usage = {
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
         if not body.get("stream"):
             message: Body = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
@@ -285,31 +310,58 @@ class OpenAIServer:
         text = self.responder("responses", body)
         msg_id = _make_id("msg_", "message", body, 50)
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        message = {"id": msg_id, "type": "message", "status": "completed", "content": [part],
-                   "role": "assistant"}
+        message = {
+            "id": msg_id,
+            "type": "message",
+            "status": "completed",
+            "content": [part],
+            "role": "assistant",
+        }
         prompt, completion = count_tokens(body.get("input")), count_tokens(text)
-        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": prompt + completion}
+        usage = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion,
+        }
 
         def response(done: bool) -> Body:
             return {
-                "id": _make_id("resp_", "response", body, 50), "object": "response", "created_at": CREATED,
-                "status": "completed" if done else "in_progress", "background": False,
+                "id": _make_id("resp_", "response", body, 50),
+                "object": "response",
+                "created_at": CREATED,
+                "status": "completed" if done else "in_progress",
+                "background": False,
                 **({"billing": {"payer": "developer"}} if done and not body.get("stream") else {}),
-                "completed_at": CREATED if done else None, "error": None, "frequency_penalty": 0.0,
-                "incomplete_details": None, "instructions": body.get("instructions"),
-                "max_output_tokens": body.get("max_output_tokens"), "max_tool_calls": None,
-                "model": str(body.get("model", "gpt-4o-mini")), "output": [message] if done else [],
-                "parallel_tool_calls": True, "presence_penalty": 0.0,
-                "previous_response_id": body.get("previous_response_id"), "prompt_cache_key": None,
-                "prompt_cache_retention": None, "reasoning": {"effort": None, "summary": None},
-                "safety_identifier": None, "service_tier": "default" if done else "auto",
-                "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
+                "completed_at": CREATED if done else None,
+                "error": None,
+                "frequency_penalty": 0.0,
+                "incomplete_details": None,
+                "instructions": body.get("instructions"),
+                "max_output_tokens": body.get("max_output_tokens"),
+                "max_tool_calls": None,
+                "model": str(body.get("model", "gpt-4o-mini")),
+                "output": [message] if done else [],
+                "parallel_tool_calls": True,
+                "presence_penalty": 0.0,
+                "previous_response_id": body.get("previous_response_id"),
+                "prompt_cache_key": None,
+                "prompt_cache_retention": None,
+                "reasoning": {"effort": None, "summary": None},
+                "safety_identifier": None,
+                "service_tier": "default" if done else "auto",
+                "store": body.get("store", True),
+                "temperature": body.get("temperature", 1.0),
                 "text": {"format": {"type": "text"}, "verbosity": "medium", **(body.get("text") or {})},
-                "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools", []),
-                "top_logprobs": 0, "top_p": body.get("top_p", 1.0), "truncation": "disabled",
-                "usage": usage if done else None, "user": None, "metadata": body.get("metadata") or {},
+                "tool_choice": body.get("tool_choice", "auto"),
+                "tools": body.get("tools", []),
+                "top_logprobs": 0,
+                "top_p": body.get("top_p", 1.0),
+                "truncation": "disabled",
+                "usage": usage if done else None,
+                "user": None,
+                "metadata": body.get("metadata") or {},
             }
 
         if not body.get("stream"):
@@ -318,11 +370,16 @@ class OpenAIServer:
         steps: list[Body] = [
             {"type": "response.created", "response": response(done=False)},
             {"type": "response.in_progress", "response": response(done=False)},
-            {"type": "response.output_item.added", "output_index": 0,
-             "item": {**message, "status": "in_progress", "content": []}},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**message, "status": "in_progress", "content": []},
+            },
             {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
-            *({"type": "response.output_text.delta", **at, "delta": word, "logprobs": []}
-              for word in _words(text)),
+            *(
+                {"type": "response.output_text.delta", **at, "delta": word, "logprobs": []}
+                for word in _words(text)
+            ),
             {"type": "response.output_text.done", **at, "logprobs": [], "text": text},
             {"type": "response.content_part.done", **at, "part": part},
             {"type": "response.output_item.done", "output_index": 0, "item": message},
@@ -341,8 +398,14 @@ class OpenAIServer:
                 value = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": value})
         tokens = count_tokens(_as_list(body.get("input", [])))
-        return _Answer.json({"object": "list", "data": data, "model": str(body.get("model", "")),
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return _Answer.json(
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body.get("model", "")),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     def _completions(self, body: Body) -> _Answer:
         prompts = _as_list(body.get("prompt", ""))
@@ -351,11 +414,16 @@ class OpenAIServer:
         head = {"id": cmpl_id, "object": "text_completion", "created": CREATED}
         model = str(body.get("model", "gpt-3.5-turbo-instruct"))
         prompt, completion = count_tokens(prompts), count_tokens(texts)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if not body.get("stream"):
-            choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": "stop"}
-                       for i, t in enumerate(texts)]
+            choices = [
+                {"text": t, "index": i, "logprobs": None, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ]
             return _Answer.json({**head, "model": model, "choices": choices, "usage": usage})
 
         def chunk(text: str, index: int, finish: str | None) -> bytes:

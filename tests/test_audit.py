@@ -45,8 +45,10 @@ def loopback_only() -> Iterator[None]:
 
 
 def chat(question: str, answer: str = "An answer.", *, streamed: bool = False) -> Interaction:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief."},
-                                                 {"role": "user", "content": question}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
+    }
     request = RecordedRequest("POST", f"{API}/chat/completions", {"json": {**body, "stream": streamed}})
     if streamed:
         events = (Event({"choices": [{"index": 0, "delta": {"content": answer}}]}), Event("[DONE]"))
@@ -66,8 +68,11 @@ def three(tmp_path: Path) -> Path:
     """A cassette of three interactions: chat, streamed chat, Responses API."""
     path = tmp_path / "three.json"
     cassette = Cassette(path=path, recorded_with={"openai": "3.57.0"})
-    cassette.interactions = [chat("first question"), chat("second question", streamed=True),
-                             responses("third question")]
+    cassette.interactions = [
+        chat("first question"),
+        chat("second question", streamed=True),
+        responses("third question"),
+    ]
     cassette.save()
     return path
 
@@ -80,8 +85,12 @@ def questions(path: Path) -> list[str]:
 
 
 def test_prompt_of_chat_messages_is_the_last_message() -> None:
-    body = {"messages": [{"role": "system", "content": "You are terse."},
-                         {"role": "user", "content": "What   is\n MLflow?"}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What   is\n MLflow?"},
+        ]
+    }
     assert prompt_of(body) == "What is MLflow?"
 
 
@@ -94,25 +103,43 @@ def test_prompt_of_keeps_the_first_words() -> None:
 
 
 def test_prompt_of_multimodal_content_keeps_the_text_parts() -> None:
-    body = {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe this"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        {"type": "text", "text": "picture briefly"},
-    ]}]}
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "text", "text": "picture briefly"},
+                ],
+            }
+        ]
+    }
     assert prompt_of(body) == "Describe this picture briefly"
 
 
 def test_prompt_of_responses_input() -> None:
     text = "Summarize this text please"
     assert prompt_of({"model": "gpt-4.1", "input": text}) == text
-    listed = {"input": [{"role": "system", "content": "Summarize."},
-                        {"role": "user", "type": "message", "content": "MLflow manages models"}]}
+    listed = {
+        "input": [
+            {"role": "system", "content": "Summarize."},
+            {"role": "user", "type": "message", "content": "MLflow manages models"},
+        ]
+    }
     assert prompt_of(listed) == "MLflow manages models"
-    parts = {"input": [{"role": "user", "content": [
-        {"type": "input_text", "text": "What is in"},
-        {"type": "input_image", "image_url": "https://example.invalid/cat.png"},
-        {"type": "input_text", "text": "this image?"},
-    ]}]}
+    parts = {
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is in"},
+                    {"type": "input_image", "image_url": "https://example.invalid/cat.png"},
+                    {"type": "input_text", "text": "this image?"},
+                ],
+            }
+        ]
+    }
     assert prompt_of(parts) == "What is in this image?"
 
 
@@ -121,7 +148,8 @@ def test_prompt_of_legacy_prompt_and_embeddings_input() -> None:
     assert prompt_of(legacy) == "Say this is a test"
     assert prompt_of({"prompt": ["first prompt", "second prompt"]}) == "first prompt second prompt"
     assert prompt_of({"model": "text-embedding-3-small", "input": ["alpha text", "beta text"]}) == (
-        "alpha text beta text")
+        "alpha text beta text"
+    )
 
 
 def test_prompt_of_without_a_prompt() -> None:
@@ -133,12 +161,19 @@ def test_prompt_of_without_a_prompt() -> None:
 
 
 def test_prompt_of_a_tool_call_round_trip_is_the_user_question() -> None:
-    body = {"messages": [
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
-    ]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+        ]
+    }
     assert prompt_of(body) == "What is the weather in Paris?"
 
 
@@ -167,11 +202,19 @@ def test_rows_with_usage_say_yes_and_no(three: Path) -> None:
 
 def test_rows_of_a_body_without_json(tmp_path: Path) -> None:
     request = RecordedRequest("GET", f"{API}/models")
-    cassette = Cassette(path=tmp_path / "get.json", interactions=[
-        Interaction(request, RecordedResponse(404, {}, {"text": "not found"}))])
+    cassette = Cassette(
+        path=tmp_path / "get.json",
+        interactions=[Interaction(request, RecordedResponse(404, {}, {"text": "not found"}))],
+    )
     (row,) = rows(cassette)
     assert (row.method, row.path, row.model, row.prompt, row.status, row.streamed) == (
-        "GET", "/v1/models", "", "", 404, False)
+        "GET",
+        "/v1/models",
+        "",
+        "",
+        404,
+        False,
+    )
 
 
 def test_rows_after_the_cassette_changed_are_unknown(three: Path) -> None:
@@ -193,7 +236,8 @@ def recorded(tmp_path: Path, record_via: str, openai_server: OpenAIServer) -> Pa
         client = openai.OpenAI(max_retries=0)
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Q one"}])
         stream = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Q two"}], stream=True)
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Q two"}], stream=True
+        )
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert len(openai_server.requests) == 2
     return path
@@ -202,7 +246,8 @@ def recorded(tmp_path: Path, record_via: str, openai_server: OpenAIServer) -> Pa
 def replay_first(path: Path) -> str:
     with use_cassette(path, "none"):
         reply = openai.OpenAI(max_retries=0).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Q one"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Q one"}]
+        )
     return str(reply.choices[0].message.content)
 
 
@@ -211,7 +256,9 @@ def test_a_replay_marks_what_it_used(recorded: Path) -> None:
     assert replay_first(recorded) == "Answer to: Q one"
     found = rows(Cassette.load(recorded))
     assert [(row.prompt, row.streamed, row.used) for row in found] == [
-        ("Q one", False, True), ("Q two", True, False)]
+        ("Q one", False, True),
+        ("Q two", True, False),
+    ]
     assert check(recorded).unused == [1]
 
 
@@ -280,11 +327,14 @@ def test_check_names_the_secret_variable_never_its_value(
     assert check(three).ok  # the value alone, outside the environment, is not a known secret
 
 
-@pytest.mark.parametrize("secret", [
-    "sk-proj-" + "aB3" * 9,
-    "sk-" + "x9Y" * 8,
-    "Bearer " + "eyJhbGciOiJIUzI1NiJ9.payload.signature",
-])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-" + "aB3" * 9,
+        "sk-" + "x9Y" * 8,
+        "Bearer " + "eyJhbGciOiJIUzI1NiJ9.payload.signature",
+    ],
+)
 def test_check_flags_credential_shapes_masked(three: Path, secret: str) -> None:
     leak(three, secret)
     report = check(three)
@@ -414,4 +464,3 @@ def test_usage_file_is_hidden_beside_the_cassette(three: Path) -> None:
     assert usage_path(three) == three.parent / ".three.json.usage"
     add_usage(three, {1})
     assert json.loads(usage_path(three).read_text())["used"] == [1]
-

@@ -30,16 +30,22 @@ from toolkit.errors import CassetteError, SecretLeakError
 
 def interaction(prompt: str, answer: str = "ok") -> Interaction:
     return Interaction(
-        RecordedRequest("POST", "https://api.openai.com/v1/chat/completions",
-                        {"json": {"model": "m", "messages": [{"role": "user", "content": prompt}]}}),
+        RecordedRequest(
+            "POST",
+            "https://api.openai.com/v1/chat/completions",
+            {"json": {"model": "m", "messages": [{"role": "user", "content": prompt}]}},
+        ),
         RecordedResponse(200, {"content-type": "application/json"}, {"json": {"answer": answer}}),
     )
 
 
 def test_round_trip_keeps_everything(tmp_path: Path) -> None:
-    stream = RecordedResponse(200, {"content-type": "text/event-stream"},
-                              events=(Event({"delta": "é"}), Event("[DONE]")))
-    cassette = Cassette(tmp_path / "c.json", [interaction("a"), Interaction(interaction("b").request, stream)])
+    stream = RecordedResponse(
+        200, {"content-type": "text/event-stream"}, events=(Event({"delta": "é"}), Event("[DONE]"))
+    )
+    cassette = Cassette(
+        tmp_path / "c.json", [interaction("a"), Interaction(interaction("b").request, stream)]
+    )
     cassette.save()
     loaded = Cassette.load(tmp_path / "c.json")
     assert loaded.interactions == cassette.interactions
@@ -74,19 +80,26 @@ def _umask() -> int:
 def test_bodies_take_the_most_readable_form(content: bytes, kind: str | None) -> None:
     body = encode_body(content)
     assert list(body) == ([kind] if kind else [])
-    assert json.loads(decode_body(body) or b"null") == json.loads(content or b"null") if kind == "json" else \
-        decode_body(body) == content
+    assert (
+        json.loads(decode_body(body) or b"null") == json.loads(content or b"null")
+        if kind == "json"
+        else decode_body(body) == content
+    )
 
 
 def test_events_parse_and_encode_back() -> None:
-    raw = ("event: response.created\ndata: {\"type\":\"response.created\"}\n\n"
-           ": keep-alive comment\n\n"
-           "data: {\"a\":1}\n\n"
-           "data: line one\ndata: line two\n\n"
-           "data: [DONE]\n\n")
+    raw = (
+        'event: response.created\ndata: {"type":"response.created"}\n\n'
+        ": keep-alive comment\n\n"
+        'data: {"a":1}\n\n'
+        "data: line one\ndata: line two\n\n"
+        "data: [DONE]\n\n"
+    )
     events = parse_events(raw)
     assert [e.event for e in events] == ["response.created", None, None, None]
-    assert events[1].data == {"a": 1} and events[2].data == "line one\nline two" and events[3].data == "[DONE]"
+    assert (
+        events[1].data == {"a": 1} and events[2].data == "line one\nline two" and events[3].data == "[DONE]"
+    )
     assert b"".join(e.encode() for e in events).decode() == raw.replace(": keep-alive comment\n\n", "")
 
 
@@ -109,14 +122,31 @@ def test_truncated_file_names_file_and_position(tmp_path: Path) -> None:
         ({"interactions": []}, "not a chainkit cassette"),
         ({"chainkit_cassette": 99, "interactions": []}, "format 99 is not supported"),
         ({"chainkit_cassette": 1, "interactions": {}}, "'interactions' must be a list"),
-        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET"}}]}, "interaction #0 is malformed"),
-        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET", "url": "u"},
-                                                   "response": {"status": "x"}}]}, "interaction #0"),
-        ({"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET", "url": "u"},
-                                                   "response": {"status": 200, "base64": "!!"}}]}, "#0"),
+        (
+            {"chainkit_cassette": 1, "interactions": [{"request": {"method": "GET"}}]},
+            "interaction #0 is malformed",
+        ),
+        (
+            {
+                "chainkit_cassette": 1,
+                "interactions": [{"request": {"method": "GET", "url": "u"}, "response": {"status": "x"}}],
+            },
+            "interaction #0",
+        ),
+        (
+            {
+                "chainkit_cassette": 1,
+                "interactions": [
+                    {"request": {"method": "GET", "url": "u"}, "response": {"status": 200, "base64": "!!"}}
+                ],
+            },
+            "#0",
+        ),
     ],
 )
-def test_hand_broken_cassettes_are_errors_not_empty_replays(tmp_path: Path, document: object, expected: str) -> None:
+def test_hand_broken_cassettes_are_errors_not_empty_replays(
+    tmp_path: Path, document: object, expected: str
+) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps(document))
     with pytest.raises(CassetteError, match=expected) as raised:
@@ -131,7 +161,9 @@ def test_not_utf8(tmp_path: Path) -> None:
         Cassette.load(path)
 
 
-def test_secret_refuses_the_write_and_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_refuses_the_write_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "c.json"
     Cassette(path, [interaction("a")]).save()
     before = path.read_bytes()

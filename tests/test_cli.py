@@ -74,7 +74,8 @@ def story_text(cassette: Path) -> str:
     events = document(cassette)["interactions"][0]["response"]["events"]
     return "".join(
         choice["delta"].get("content") or ""
-        for event in events if isinstance(event["data"], dict)
+        for event in events
+        if isinstance(event["data"], dict)
         for choice in event["data"]["choices"]
     )
 
@@ -98,7 +99,10 @@ def test_list_table(project: Path) -> None:
     header, *rows = table_rows(result.stdout)
     assert header == ["chain", "flavor", "recorded", "description"]
     assert [row[:3] for row in rows] == [
-        ["qa", "langchain", "yes"], ["stream_story", "langchain", "yes"], ["summarize", "langchain", "no"]]
+        ["qa", "langchain", "yes"],
+        ["stream_story", "langchain", "yes"],
+        ["summarize", "langchain", "no"],
+    ]
     assert rows[0][3].startswith("Answers a question about MLflow")
 
 
@@ -180,8 +184,9 @@ def test_run_stream_prints_the_streamed_text(project: Path, openai_server: OpenA
 
 def test_run_stream_json_has_the_chunks(project: Path) -> None:
     story = story_text(project / "cassettes" / "stream_story.json")
-    result = invoke(project, "run", "stream_story", "--stream", "--json",
-                    "--input", json.dumps({"topic": STORY_TOPIC}))
+    result = invoke(
+        project, "run", "stream_story", "--stream", "--json", "--input", json.dumps({"topic": STORY_TOPIC})
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)  # chunks are not printed as they come with --json
     assert out["output"] == story
@@ -346,8 +351,15 @@ def test_cassette_show(project: Path) -> None:
     header, first, second, footer = table_rows(result.stdout)
     assert header == ["#", "endpoint", "model", "prompt", "status", "streamed", "used"]
     assert first == ["0", "POST /v1/chat/completions", "gpt-4o-mini", "What is MLflow?", "200", "no", "?"]
-    assert second == ["1", "POST /v1/chat/completions", "gpt-4o-mini", "What is a registered model?",
-                      "200", "no", "?"]
+    assert second == [
+        "1",
+        "POST /v1/chat/completions",
+        "gpt-4o-mini",
+        "What is a registered model?",
+        "200",
+        "no",
+        "?",
+    ]
     assert footer[0].startswith("2 interactions in ") and "openai 3." in result.stdout
 
     streamed = invoke(project, "cassette", "show", str(project / "cassettes" / "stream_story.json"))
@@ -366,7 +378,9 @@ def test_cassette_show_used_column_after_a_replay(project: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert [(row["index"], row["prompt"], row["used"]) for row in out["interactions"]] == [
-        (0, "What is MLflow?", True), (1, "What is a registered model?", False)]
+        (0, "What is MLflow?", True),
+        (1, "What is a registered model?", False),
+    ]
     assert out["recorded_with"]["openai"].startswith("3.")
 
 
@@ -465,8 +479,9 @@ def test_cassette_prune_refuses_before_any_replay(project: Path) -> None:
 
 
 def test_python_m_toolkit_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Usage: chainkit ")
     for command in ("list", "run", "cassette"):
@@ -488,8 +503,9 @@ print(json.dumps(heavy))
 
 
 def test_help_imports_neither_mlflow_nor_langchain() -> None:
-    done = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "Usage: chainkit run" in done.stdout
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -17,7 +17,8 @@ def recorded_answer(name: str, index: int = 0) -> str:
     if response.events is not None:
         return "".join(
             choice["delta"].get("content") or ""
-            for event in response.events if isinstance(event.data, dict)
+            for event in response.events
+            if isinstance(event.data, dict)
             for choice in event.data.get("choices", [])
         )
     body = response.body["json"]

@@ -15,7 +15,9 @@ def req(body: object, url: str = URL, method: str = "POST") -> RecordedRequest:
 
 
 def test_key_is_canonical_in_json_key_order_and_query_order() -> None:
-    assert request_key(req({"a": 1, "b": [1, {"y": 2, "x": 1}]})) == request_key(req({"b": [1, {"x": 1, "y": 2}], "a": 1}))
+    assert request_key(req({"a": 1, "b": [1, {"y": 2, "x": 1}]})) == request_key(
+        req({"b": [1, {"x": 1, "y": 2}], "a": 1})
+    )
     assert request_key(req({}, url=URL + "?b=2&a=1")) == request_key(req({}, url=URL + "?a=1&b=2"))
 
 
@@ -31,8 +33,11 @@ def test_key_distinguishes_method_host_path_query_and_body() -> None:
 
 def test_nth_call_gets_nth_recording_then_the_last_repeats() -> None:
     response = RecordedResponse(200)
-    items = [Interaction(req({"q": 1}), response), Interaction(req({"q": 2}), response),
-             Interaction(req({"q": 1}), response)]
+    items = [
+        Interaction(req({"q": 1}), response),
+        Interaction(req({"q": 2}), response),
+        Interaction(req({"q": 1}), response),
+    ]
     index = InteractionIndex(items)
     key = request_key(req({"q": 1}))
     assert [index.take(key) for _ in range(4)] == [0, 2, 2, 2]
@@ -59,8 +64,11 @@ def test_index_is_thread_safe() -> None:
 
 def test_json_differences_are_field_level() -> None:
     recorded = {"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
-    sent = {"model": "a", "messages": [{"role": "user", "content": "y"}, {"role": "user", "content": "z"}],
-            "top_p": 1}
+    sent = {
+        "model": "a",
+        "messages": [{"role": "user", "content": "y"}, {"role": "user", "content": "z"}],
+        "top_p": 1,
+    }
     found = [str(d) for d in json_differences(recorded, sent)]
     assert found == [
         'messages[0].content: recorded "x", sent "y"',

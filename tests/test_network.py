@@ -43,8 +43,16 @@ CHAT_BODY: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user
 @pytest.fixture(autouse=True)
 def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     # A proxy variable would make clients connect to the proxy, not to the host under test.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "*")
 
@@ -64,7 +72,10 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Hosts that got past the guard to the real resolver/connect (refused there): must stay []."""
     leaked: list[str] = []
     real_getaddrinfo, real_connect, real_connect_ex = (
-        network._real_getaddrinfo, network._real_connect, network._real_connect_ex)
+        network._real_getaddrinfo,
+        network._real_connect,
+        network._real_connect_ex,
+    )
 
     def refuse_remote(host: Any) -> None:
         name = host.decode() if isinstance(host, bytes) else host
@@ -179,8 +190,9 @@ def test_urllib3_is_blocked(cassette: Path, tripwire: list[str], retries: Any) -
 
 def test_urllib_request_is_blocked(cassette: Path, tripwire: list[str]) -> None:
     with use_cassette(cassette, "none"):
-        assert_blocked(lambda: urllib.request.urlopen(f"https://{REMOTE}/v1/models", timeout=5),
-                       REMOTE, tripwire)
+        assert_blocked(
+            lambda: urllib.request.urlopen(f"https://{REMOTE}/v1/models", timeout=5), REMOTE, tripwire
+        )
 
 
 async def test_aiohttp_is_blocked(cassette: Path, tripwire: list[str]) -> None:
@@ -206,8 +218,11 @@ def test_raw_socket_connect_with_an_address_is_blocked(cassette: Path, tripwire:
     with use_cassette(cassette, "none"):
         for method in ("connect", "connect_ex"):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                assert_blocked(lambda m=method, s=sock: getattr(s, m)(("192.0.2.10", 443)),  # type: ignore[misc]
-                               "192.0.2.10", tripwire)
+                assert_blocked(
+                    lambda m=method, s=sock: getattr(s, m)(("192.0.2.10", 443)),  # type: ignore[misc]
+                    "192.0.2.10",
+                    tripwire,
+                )
 
 
 def test_tiktoken_download_is_blocked_and_names_the_host(
@@ -220,8 +235,9 @@ def test_tiktoken_download_is_blocked_and_names_the_host(
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # not an encoding another test loaded
     with use_cassette(cassette, "none"):
-        error = assert_blocked(lambda: tiktoken.get_encoding("cl100k_base"),
-                               "openaipublic.blob.core.windows.net", tripwire)
+        error = assert_blocked(
+            lambda: tiktoken.get_encoding("cl100k_base"), "openaipublic.blob.core.windows.net", tripwire
+        )
     assert "openaipublic.blob.core.windows.net" in str(error)
     assert list(cache.iterdir()) == []
 
@@ -251,9 +267,10 @@ async def test_aiohttp_reaches_an_allowed_loopback_server(
     cassette: Path, openai_server: OpenAIServer, server_root: str
 ) -> None:
     async def post() -> dict[str, Any]:
-        async with aiohttp.ClientSession() as session, session.post(
-            server_root + "/v1/chat/completions", json=CHAT_BODY
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server_root + "/v1/chat/completions", json=CHAT_BODY) as resp,
+        ):
             assert resp.status == 200
             return dict(await resp.json())
 
@@ -295,8 +312,12 @@ def test_not_allowed_httpx_traffic_is_a_replay_miss_and_sends_nothing(
 
 
 def test_chainkit_allow_hosts_variable_is_honoured(
-    cassette: Path, openai_server: OpenAIServer, server_root: str, port: int,
-    tripwire: list[str], monkeypatch: pytest.MonkeyPatch,
+    cassette: Path,
+    openai_server: OpenAIServer,
+    server_root: str,
+    port: int,
+    tripwire: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CHAINKIT_ALLOW_HOSTS", "example.invalid,127.0.0.1")
     with use_cassette(cassette, "none"):
@@ -309,9 +330,7 @@ def test_chainkit_allow_hosts_variable_is_honoured(
         assert_blocked(lambda: post_chat(server_root), "127.0.0.1", tripwire)
 
 
-def test_following_the_allow_host_advice_of_a_miss_works(
-    cassette: Path, openai_server: OpenAIServer
-) -> None:
+def test_following_the_allow_host_advice_of_a_miss_works(cassette: Path, openai_server: OpenAIServer) -> None:
     url = openai_server.base_url + "/chat/completions"
     with use_cassette(cassette, "none"), pytest.raises(ReplayMissError) as excinfo:
         httpx.post(url, json=CHAT_BODY)
@@ -344,8 +363,12 @@ def test_chainkit_allow_hosts_with_spaces_lets_httpx_through(
 
 
 def test_mlflow_tracking_server_host_is_allowed(
-    cassette: Path, openai_server: OpenAIServer, server_root: str, port: int,
-    tripwire: list[str], monkeypatch: pytest.MonkeyPatch,
+    cassette: Path,
+    openai_server: OpenAIServer,
+    server_root: str,
+    port: int,
+    tripwire: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server_root)
     with use_cassette(cassette, "none"):
@@ -366,8 +389,12 @@ def test_mlflow_registry_host_is_allowed(
 
 
 def test_a_non_http_tracking_uri_opens_nothing(
-    cassette: Path, openai_server: OpenAIServer, server_root: str, tripwire: list[str],
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cassette: Path,
+    openai_server: OpenAIServer,
+    server_root: str,
+    tripwire: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with use_cassette(cassette, "none"):
@@ -545,15 +572,18 @@ def test_guards_exited_out_of_order_restore_the_socket_module(port: int) -> None
     assert not guard_installed()
 
 
-# --------------------------------------------------------------------------- known gaps (bugs)
+# ------------------------------------------------------------- UDP and the older resolvers
 
 
 def test_udp_sendto_is_blocked() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
         receiver.bind(("127.0.0.1", 0))
         receiver.setblocking(False)
-        with (NetworkGuard(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
-              pytest.raises(NetworkBlockedError)):
+        with (
+            NetworkGuard(),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+            pytest.raises(NetworkBlockedError),
+        ):
             sender.sendto(b"leak", receiver.getsockname())
         with pytest.raises(BlockingIOError):
             receiver.recv(16)  # nothing arrived

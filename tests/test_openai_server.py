@@ -51,8 +51,12 @@ def client(server: OpenAIServer, **kwargs: Any) -> openai.OpenAI:
 
 
 def post_raw(server: OpenAIServer, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(server.base_url + path, json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        server.base_url + path,
+        json.dumps(body).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
@@ -75,8 +79,11 @@ def test_chat_completion(server: OpenAIServer) -> None:
 def test_chat_stream_concatenates_to_non_streamed_content(server: OpenAIServer) -> None:
     api = client(server)
     full = api.chat.completions.create(model="gpt-4o-mini", messages=USER).choices[0].message.content
-    chunks = list(api.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        api.chat.completions.create(
+            model="gpt-4o-mini", messages=USER, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
@@ -136,8 +143,9 @@ def test_failing_responder_is_a_500_not_a_hang() -> None:
 
 def test_responses_non_stream_and_stream(server: OpenAIServer) -> None:
     api = client(server)
-    response = api.responses.create(model="gpt-4o-mini", instructions="Be brief.",
-                                    input=[{"role": "user", "content": "count to three"}])
+    response = api.responses.create(
+        model="gpt-4o-mini", instructions="Be brief.", input=[{"role": "user", "content": "count to three"}]
+    )
     assert response.object == "response" and response.status == "completed"
     assert response.id.startswith("resp_") and len(response.id) == 55
     assert response.output_text == "Answer to: count to three" and response.instructions == "Be brief."
@@ -146,9 +154,16 @@ def test_responses_non_stream_and_stream(server: OpenAIServer) -> None:
     types = [e.type for e in events]
     deltas = types.count("response.output_text.delta")
     assert deltas >= 3 and types == [
-        "response.created", "response.in_progress", "response.output_item.added",
-        "response.content_part.added", *["response.output_text.delta"] * deltas, "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.completed"]
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1].response  # type: ignore[union-attr]
@@ -159,8 +174,9 @@ def test_embeddings_both_encodings(server: OpenAIServer) -> None:
     api = client(server)
     default = api.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
     assert server.requests[-1].body["encoding_format"] == "base64"  # the client's default
-    floats = api.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"],
-                                   encoding_format="float")
+    floats = api.embeddings.create(
+        model="text-embedding-3-small", input=["alpha", "beta"], encoding_format="float"
+    )
     assert server.requests[-1].body["encoding_format"] == "float"
     vectors = [d.embedding for d in default.data]
     assert vectors == [d.embedding for d in floats.data]
@@ -200,16 +216,23 @@ def test_langchain_chat_openai(server: OpenAIServer) -> None:
 
 
 def test_langchain_responses_api(server: OpenAIServer) -> None:
-    llm = ChatOpenAI(base_url=server.base_url, api_key="test", model="gpt-4o-mini",  # type: ignore[arg-type]
-                     use_responses_api=True)
+    llm = ChatOpenAI(
+        base_url=server.base_url,
+        api_key="test",
+        model="gpt-4o-mini",  # type: ignore[arg-type]
+        use_responses_api=True,
+    )
     message = llm.invoke("via responses")
     assert message.text == "Answer to: via responses"
     assert server.requests[-1].path == "/v1/responses"
 
 
 def test_langchain_embeddings_and_legacy_llm(server: OpenAIServer) -> None:
-    embeddings = OpenAIEmbeddings(base_url=server.base_url, api_key="test",  # type: ignore[arg-type]
-                                  check_embedding_ctx_length=False)
+    embeddings = OpenAIEmbeddings(
+        base_url=server.base_url,
+        api_key="test",  # type: ignore[arg-type]
+        check_embedding_ctx_length=False,
+    )
     documents = embeddings.embed_documents(["alpha", "beta"])
     assert [len(v) for v in documents] == [8, 8] and embeddings.embed_query("alpha") == documents[0]
     llm = OpenAI(base_url=server.base_url, api_key="test", model="gpt-3.5-turbo-instruct")  # type: ignore[arg-type]
@@ -274,8 +297,10 @@ def test_stream_sends_one_http_chunk_per_event(server: OpenAIServer) -> None:
     body = json.dumps({"model": "m", "messages": USER, "stream": True}).encode()
     port = int(server.base_url.split(":")[2].split("/")[0])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         raw = b""
         while not raw.endswith(b"\r\n0\r\n\r\n"):
             received = sock.recv(65536)
@@ -287,7 +312,7 @@ def test_stream_sends_one_http_chunk_per_event(server: OpenAIServer) -> None:
     while rest:
         size, _, rest = rest.partition(b"\r\n")
         events.append(rest[: int(size, 16)])
-        rest = rest[int(size, 16) + 2:]
+        rest = rest[int(size, 16) + 2 :]
     assert events[-1] == b"" and events[-2] == b"data: [DONE]\n\n"
     assert all(e.startswith(b"data: ") and e.endswith(b"\n\n") and e.count(b"\n\n") == 1 for e in events[:-1])
 

@@ -51,7 +51,17 @@ def logged(logged_once: tuple[Project, dict[str, LogResult]]) -> tuple[Project, 
     return logged_once
 
 
-EXAMPLES = ["chat_as_code", "circle_area", "clv", "extract", "qa", "rag", "stream_story", "summarize", "triage"]
+EXAMPLES = [
+    "chat_as_code",
+    "circle_area",
+    "clv",
+    "extract",
+    "qa",
+    "rag",
+    "stream_story",
+    "summarize",
+    "triage",
+]
 
 
 def test_every_example_chain_logs_offline_and_registers(logged: tuple[Project, dict[str, LogResult]]) -> None:
@@ -80,37 +90,74 @@ def test_tags_trace_each_model_to_its_sources(logged: tuple[Project, dict[str, L
 
 
 EXPECTED_SIGNATURES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
-    "qa": ([{"type": "string", "name": "question", "required": True}], [{"type": "string", "required": True}]),
-    "rag": ([{"type": "string", "name": "question", "required": True}], [{"type": "string", "required": True}]),
-    "stream_story": ([{"type": "string", "name": "topic", "required": True}], [{"type": "string", "required": True}]),
-    "summarize": ([{"type": "string", "name": "text", "required": True}], [{"type": "string", "required": True}]),
+    "qa": (
+        [{"type": "string", "name": "question", "required": True}],
+        [{"type": "string", "required": True}],
+    ),
+    "rag": (
+        [{"type": "string", "name": "question", "required": True}],
+        [{"type": "string", "required": True}],
+    ),
+    "stream_story": (
+        [{"type": "string", "name": "topic", "required": True}],
+        [{"type": "string", "required": True}],
+    ),
+    "summarize": (
+        [{"type": "string", "name": "text", "required": True}],
+        [{"type": "string", "required": True}],
+    ),
     "circle_area": ([{"type": "double", "required": True}], [{"type": "double", "required": True}]),
     "triage": (
-        [{"type": "string", "name": "subject", "required": True}, {"type": "string", "name": "body", "required": True}],
-        [{"type": "string", "name": "queue", "required": True}, {"type": "string", "name": "priority", "required": True}],
+        [
+            {"type": "string", "name": "subject", "required": True},
+            {"type": "string", "name": "body", "required": True},
+        ],
+        [
+            {"type": "string", "name": "queue", "required": True},
+            {"type": "string", "name": "priority", "required": True},
+        ],
     ),
     "clv": (
-        [{"type": "long", "name": "tenure_months", "required": True},
-         {"type": "long", "name": "orders_last_year", "required": True},
-         {"type": "double", "name": "spend_last_year", "required": True},
-         {"type": "long", "name": "support_tickets", "required": True}],
-        [{"type": "double", "name": n, "required": True}
-         for n in ("retention", "purchase_frequency", "average_order_value", "clv")],
+        [
+            {"type": "long", "name": "tenure_months", "required": True},
+            {"type": "long", "name": "orders_last_year", "required": True},
+            {"type": "double", "name": "spend_last_year", "required": True},
+            {"type": "long", "name": "support_tickets", "required": True},
+        ],
+        [
+            {"type": "double", "name": n, "required": True}
+            for n in ("retention", "purchase_frequency", "average_order_value", "clv")
+        ],
     ),
     # One example, so the optional fields are seen filled in: they are inferred as required.
-    "extract": ([{"type": "string", "name": "text", "required": True}],
-                [{"type": "string", "name": n, "required": True} for n in ("name", "email", "company")]),
+    "extract": (
+        [{"type": "string", "name": "text", "required": True}],
+        [{"type": "string", "name": n, "required": True} for n in ("name", "email", "company")],
+    ),
     "chat_as_code": (
-        [{"type": "array", "items": {"type": "object", "properties": {
-            "content": {"type": "string", "required": True}, "role": {"type": "string", "required": True}}},
-          "name": "messages", "required": True}],
+        [
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "content": {"type": "string", "required": True},
+                        "role": {"type": "string", "required": True},
+                    },
+                },
+                "name": "messages",
+                "required": True,
+            }
+        ],
         [{"type": "string", "required": True}],
     ),
 }
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_signature_is_the_one_a_person_would_write(logged: tuple[Project, dict[str, LogResult]], name: str) -> None:
+def test_signature_is_the_one_a_person_would_write(
+    logged: tuple[Project, dict[str, LogResult]], name: str
+) -> None:
     _, results = logged
     signature = mlflow.models.get_model_info(results[name].model_uri).signature
     inputs, outputs = EXPECTED_SIGNATURES[name]
@@ -119,12 +166,17 @@ def test_signature_is_the_one_a_person_would_write(logged: tuple[Project, dict[s
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_requirements_are_exactly_the_computed_ones(logged: tuple[Project, dict[str, LogResult]], name: str) -> None:
+def test_requirements_are_exactly_the_computed_ones(
+    logged: tuple[Project, dict[str, LogResult]], name: str
+) -> None:
     project, results = logged
     local = Path(mlflow.artifacts.download_artifacts(results[name].model_uri)) / "requirements.txt"
     written = [line for line in local.read_text().splitlines() if line and not line.startswith("#")]
-    expected = chain_dependencies(project.chains_dir / f"{name}.py", project.chains_dir,
-                                  Cassette.load(project.cassette_for(name)).recorded_with)
+    expected = chain_dependencies(
+        project.chains_dir / f"{name}.py",
+        project.chains_dir,
+        Cassette.load(project.cassette_for(name)).recorded_with,
+    )
     assert written == list(expected.requirements)
     assert not {"aiohttp", "cloudpickle", "pygments"} & {line.split("==")[0].lower() for line in written}
 
@@ -145,7 +197,9 @@ EXPECTED_OUTPUTS = {
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_logged_model_loads_and_predicts_offline(logged: tuple[Project, dict[str, LogResult]], name: str) -> None:
+def test_logged_model_loads_and_predicts_offline(
+    logged: tuple[Project, dict[str, LogResult]], name: str
+) -> None:
     """Through mlflow.pyfunc.load_model, the way users consume the model; the helper code
     (rag's corpus) and the model config (clv.yaml) come from the logged artifacts."""
     project, _ = logged
@@ -203,13 +257,26 @@ def test_logging_spawns_no_python_child(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_one_broken_chain_fails_alone(tmp_path: Path) -> None:
     project = copy_project(tmp_path)
-    for name in ("chat_as_code", "circle_area", "clv", "extract", "rag", "stream_story", "summarize", "triage"):
+    for name in (
+        "chat_as_code",
+        "circle_area",
+        "clv",
+        "extract",
+        "rag",
+        "stream_story",
+        "summarize",
+        "triage",
+    ):
         (project.chains_dir / f"{name}.py").unlink()
     chains = project.chains_dir
     (chains / "syntax.py").write_text("import mlflow\nchain = (\nmlflow.models.set_model(chain)\n")
-    (chains / "notinstalled.py").write_text("import mlflow\nimport nosuchpackage\nmlflow.models.set_model(None)\n")
+    (chains / "notinstalled.py").write_text(
+        "import mlflow\nimport nosuchpackage\nmlflow.models.set_model(None)\n"
+    )
     (chains / "notrunnable.py").write_text("import mlflow\nmlflow.models.set_model(len)\n")
-    (chains / "unrecorded.py").write_text((chains / "qa.py").read_text().replace("What is MLflow?", "Who are you?"))
+    (chains / "unrecorded.py").write_text(
+        (chains / "qa.py").read_text().replace("What is MLflow?", "Who are you?")
+    )
     results = {r.name: r for r in log_chains(project)}
     assert results["qa"].ok
     errors = {name: r.error or "" for name, r in results.items() if not r.ok}
@@ -226,8 +293,21 @@ def test_one_broken_chain_fails_alone(tmp_path: Path) -> None:
 def test_cli_log_json_and_exit_code(tmp_path: Path) -> None:
     project = copy_project(tmp_path)
     (project.chains_dir / "broken.py").write_text("import mlflow\nmlflow.models.set_model(len)\n")
-    result = CliRunner().invoke(cli, ["--project", str(project.root), "log", "qa", "triage", "broken",
-                                      "--register", "--alias", "candidate", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--project",
+            str(project.root),
+            "log",
+            "qa",
+            "triage",
+            "broken",
+            "--register",
+            "--alias",
+            "candidate",
+            "--json",
+        ],
+    )
     assert result.exit_code == 1, result.output
     import json
 
@@ -261,10 +341,24 @@ def free_port() -> int:
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -289,11 +383,16 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 def test_logs_to_a_real_tracking_server_over_http(tmp_path: Path, mlflow_server: str) -> None:
     project = copy_project(tmp_path)
-    results = log_chains(project, ["qa", "circle_area"], register=True, alias="candidate", tracking_uri=mlflow_server)
+    results = log_chains(
+        project, ["qa", "circle_area"], register=True, alias="candidate", tracking_uri=mlflow_server
+    )
     assert [r.error for r in results] == [None, None]
     client = MlflowClient(tracking_uri=mlflow_server)
     assert int(client.get_model_version_by_alias("qa", "candidate").version) == 1
-    assert {m.tags["chainkit.chain"] for m in mlflow.search_logged_models(output_format="list")} == {"qa", "circle_area"}
+    assert {m.tags["chainkit.chain"] for m in mlflow.search_logged_models(output_format="list")} == {
+        "qa",
+        "circle_area",
+    }
     with use_cassette(project.cassette_for("qa"), "none"):  # the server stays reachable in mode none
         model = mlflow.pyfunc.load_model("models:/qa@candidate")
         assert "MLflow" in model.predict({"question": "What is MLflow?"})[0]

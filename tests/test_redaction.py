@@ -17,23 +17,44 @@ from toolkit.redaction import (
 
 
 def test_response_headers_keep_what_clients_read_and_never_secrets() -> None:
-    kept = kept_response_headers({
-        "Content-Type": "application/json", "Retry-After": "2", "x-ratelimit-remaining-requests": "9",
-        "x-request-id": "req_1", "Set-Cookie": "__cf_bm=abc", "openai-organization": "org-secret",
-        "openai-project": "proj_x", "Server": "cloudflare", "cf-ray": "123", "Authorization": "Bearer x",
-    })
-    assert kept == {"content-type": "application/json", "retry-after": "2",
-                    "x-ratelimit-remaining-requests": "9", "x-request-id": "req_1"}
+    kept = kept_response_headers(
+        {
+            "Content-Type": "application/json",
+            "Retry-After": "2",
+            "x-ratelimit-remaining-requests": "9",
+            "x-request-id": "req_1",
+            "Set-Cookie": "__cf_bm=abc",
+            "openai-organization": "org-secret",
+            "openai-project": "proj_x",
+            "Server": "cloudflare",
+            "cf-ray": "123",
+            "Authorization": "Bearer x",
+        }
+    )
+    assert kept == {
+        "content-type": "application/json",
+        "retry-after": "2",
+        "x-ratelimit-remaining-requests": "9",
+        "x-request-id": "req_1",
+    }
 
 
 def test_query_credentials_are_masked() -> None:
-    assert redact_url("https://h/v1/x?api-key=s3cret&model=m&key=k") == "https://h/v1/x?api-key=REDACTED&model=m&key=REDACTED"
+    assert (
+        redact_url("https://h/v1/x?api-key=s3cret&model=m&key=k")
+        == "https://h/v1/x?api-key=REDACTED&model=m&key=REDACTED"
+    )
     assert redact_url("https://h/v1/x") == "https://h/v1/x"
 
 
 def test_environment_secrets_by_name_and_length() -> None:
-    env = {"OPENAI_API_KEY": "sk-abcdefgh", "GITHUB_TOKEN": "ghp_12345678", "DB_PASSWORD": "hunter2hunter2",
-           "HOME": "/root/verylongpath", "SHORT_TOKEN": "abc"}
+    env = {
+        "OPENAI_API_KEY": "sk-abcdefgh",
+        "GITHUB_TOKEN": "ghp_12345678",
+        "DB_PASSWORD": "hunter2hunter2",
+        "HOME": "/root/verylongpath",
+        "SHORT_TOKEN": "abc",
+    }
     assert set(environment_secrets(env)) == {"OPENAI_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD"}
 
 

@@ -34,8 +34,9 @@ def record(path: Path, record_via: str, *prompts: str, mode: str = "once") -> li
 
 
 @pytest.mark.parametrize("mode", ["once", "new_episodes", "all"])
-def test_missing_cassette_records_everything(tmp_path: Path, record_via: str, openai_server: OpenAIServer,
-                                             mode: str) -> None:
+def test_missing_cassette_records_everything(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer, mode: str
+) -> None:
     path = tmp_path / "c.json"
     with use_cassette(path, mode, record_via=record_via) as session:
         chat().invoke("one")
@@ -51,13 +52,17 @@ def test_none_with_missing_cassette_is_an_error_at_the_first_request(tmp_path: P
         pass  # a block that sends nothing needs no cassette
     with use_cassette(tmp_path / "absent.json", "none"), pytest.raises(ReplayMissError) as raised:
         chat().invoke("hello")
-    assert f"cassette {tmp_path / 'absent.json'} does not exist and record mode is 'none'" in str(raised.value)
+    assert f"cassette {tmp_path / 'absent.json'} does not exist and record mode is 'none'" in str(
+        raised.value
+    )
     assert "POST https://api.openai.com/v1/chat/completions" in str(raised.value)
     assert not (tmp_path / "absent.json").exists()
 
 
 @pytest.mark.parametrize("mode", ["none", "once", "new_episodes"])
-def test_found_requests_replay(tmp_path: Path, record_via: str, openai_server: OpenAIServer, mode: str) -> None:
+def test_found_requests_replay(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer, mode: str
+) -> None:
     path = tmp_path / "c.json"
     recorded = record(path, record_via, "hello")
     before = path.read_bytes()
@@ -81,8 +86,9 @@ def test_all_rerecords_found_requests(tmp_path: Path, openai_server: OpenAIServe
 
 
 @pytest.mark.parametrize("mode", ["none", "once"])
-def test_unfound_request_is_an_error_without_recording(tmp_path: Path, record_via: str,
-                                                        openai_server: OpenAIServer, mode: str) -> None:
+def test_unfound_request_is_an_error_without_recording(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer, mode: str
+) -> None:
     path = tmp_path / "c.json"
     record(path, record_via, "What is MLflow?")
     before = path.read_bytes()
@@ -97,8 +103,9 @@ def test_unfound_request_is_an_error_without_recording(tmp_path: Path, record_vi
 
 
 @pytest.mark.parametrize("mode", ["new_episodes", "all"])
-def test_unfound_request_is_recorded_and_appended(tmp_path: Path, record_via: str,
-                                                  openai_server: OpenAIServer, mode: str) -> None:
+def test_unfound_request_is_recorded_and_appended(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer, mode: str
+) -> None:
     path = tmp_path / "c.json"
     record(path, record_via, "first")
     with use_cassette(path, mode, record_via=record_via):
@@ -133,8 +140,13 @@ def test_nth_identical_call_gets_nth_recording_then_last_repeats(tmp_path: Path,
 def test_headers_do_not_take_part_in_matching(tmp_path: Path, record_via: str) -> None:
     path = tmp_path / "c.json"
     recorded = record(path, record_via, "hello")
-    other = ChatOpenAI(model="gpt-4o-mini", base_url=OPENAI_BASE, api_key="sk-other", max_retries=0,
-                       default_headers={"x-team": "blue"})
+    other = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=OPENAI_BASE,
+        api_key="sk-other",
+        max_retries=0,
+        default_headers={"x-team": "blue"},
+    )
     with use_cassette(path, "none"):
         assert other.invoke("hello").content == recorded[0]
 
@@ -165,7 +177,10 @@ def test_stream_is_delivered_event_by_event(tmp_path: Path, record_via: str) -> 
         list(chat().stream("stream me"))
     client = openai.OpenAI(base_url=OPENAI_BASE, api_key="sk-test")
     body = Cassette.load(path).interactions[0].request.body["json"]
-    with use_cassette(path, "none"), client.chat.completions.with_streaming_response.create(**body) as response:
+    with (
+        use_cassette(path, "none"),
+        client.chat.completions.with_streaming_response.create(**body) as response,
+    ):
         raw = list(response.iter_bytes())
     assert len(raw) == len(Cassette.load(path).interactions[0].response.events or ())
     assert all(chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") for chunk in raw)
@@ -187,26 +202,46 @@ def test_responses_api_sync_async_and_streamed(tmp_path: Path, record_via: str) 
         return [chunk.content async for chunk in llm.astream("count to three")]
 
     with use_cassette(path, "once", record_via=record_via):
-        live = (llm.invoke("summarize").content, [c.content for c in llm.stream("count")], asyncio.run(astreamed()))
+        live = (
+            llm.invoke("summarize").content,
+            [c.content for c in llm.stream("count")],
+            asyncio.run(astreamed()),
+        )
     urls = {i.request.url for i in Cassette.load(path)}
     assert urls == {f"{OPENAI_BASE}/responses"}
     streamed = [i for i in Cassette.load(path) if i.response.streamed]
-    assert streamed and streamed[0].response.events and streamed[0].response.events[0].event == "response.created"
+    assert (
+        streamed
+        and streamed[0].response.events
+        and streamed[0].response.events[0].event == "response.created"
+    )
     with use_cassette(path, "none"):
-        replayed = (llm.invoke("summarize").content, [c.content for c in llm.stream("count")], asyncio.run(astreamed()))
+        replayed = (
+            llm.invoke("summarize").content,
+            [c.content for c in llm.stream("count")],
+            asyncio.run(astreamed()),
+        )
     assert replayed == live
 
 
 def test_embeddings_and_legacy_completions(tmp_path: Path, record_via: str) -> None:
     path = tmp_path / "c.json"
-    embeddings = OpenAIEmbeddings(model="text-embedding-3-small", base_url=OPENAI_BASE, api_key="sk-test",
-                                  check_embedding_ctx_length=False)
+    embeddings = OpenAIEmbeddings(
+        model="text-embedding-3-small",
+        base_url=OPENAI_BASE,
+        api_key="sk-test",
+        check_embedding_ctx_length=False,
+    )
     legacy = OpenAI(model="gpt-3.5-turbo-instruct", base_url=OPENAI_BASE, api_key="sk-test", max_retries=0)
     with use_cassette(path, "once", record_via=record_via):
         live = (embeddings.embed_documents(["a", "b"]), embeddings.embed_query("c"), legacy.invoke("Say hi"))
     assert {i.request.url.rsplit("/", 1)[1] for i in Cassette.load(path)} == {"embeddings", "completions"}
     with use_cassette(path, "none"):
-        assert (embeddings.embed_documents(["a", "b"]), embeddings.embed_query("c"), legacy.invoke("Say hi")) == live
+        assert (
+            embeddings.embed_documents(["a", "b"]),
+            embeddings.embed_query("c"),
+            legacy.invoke("Say hi"),
+        ) == live
 
 
 def test_plain_httpx_clients_sync_and_async(tmp_path: Path, openai_server: OpenAIServer) -> None:
@@ -234,8 +269,15 @@ def test_plain_httpx_clients_sync_and_async(tmp_path: Path, openai_server: OpenA
 
 @pytest.mark.parametrize(
     "recorded_file",
-    ["chat-completion-0.json", "chat-completion-stream-0.json", "chat-completion-structured-0.json",
-     "chat-completion-tools-0.json", "responses-0.json", "responses-stream-0.json", "embeddings-0.json"],
+    [
+        "chat-completion-0.json",
+        "chat-completion-stream-0.json",
+        "chat-completion-structured-0.json",
+        "chat-completion-tools-0.json",
+        "responses-0.json",
+        "responses-stream-0.json",
+        "embeddings-0.json",
+    ],
 )
 def test_real_openai_responses_replay_identically(tmp_path: Path, recorded_file: str) -> None:
     """Record what the real API sent (served from loopback), replay with the server gone:
@@ -245,17 +287,22 @@ def test_real_openai_responses_replay_identically(tmp_path: Path, recorded_file:
     client = openai.OpenAI(base_url=OPENAI_BASE, api_key="sk-test", max_retries=0)
 
     def call() -> Any:
-        create = {"chat/completions": client.chat.completions.create, "responses": client.responses.create,
-                  "embeddings": client.embeddings.create}[endpoint]
+        create = {
+            "chat/completions": client.chat.completions.create,
+            "responses": client.responses.create,
+            "embeddings": client.embeddings.create,
+        }[endpoint]
         result = create(**body)
         if body.get("stream"):
             return [event.model_dump() for event in result]
         return result.model_dump()
 
     path = tmp_path / "c.json"
-    with OpenAIServer(recorded_dir=RECORDED) as server:
-        with use_cassette(path, "once", record_via=server.base_url.removesuffix("/v1")):
-            live = call()
+    with (
+        OpenAIServer(recorded_dir=RECORDED) as server,
+        use_cassette(path, "once", record_via=server.base_url.removesuffix("/v1")),
+    ):
+        live = call()
     with use_cassette(path, "none"):
         replayed = call()
     assert replayed == live
@@ -281,15 +328,18 @@ def test_canary_key_reaches_no_file(tmp_path: Path, record_via: str, monkeypatch
     assert "authorization" not in text.lower() and "org-canary" not in text
 
 
-def test_secret_in_a_request_refuses_the_write(tmp_path: Path, record_via: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_in_a_request_refuses_the_write(
+    tmp_path: Path, record_via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "c.json"
     record(path, record_via, "first")
     before = path.read_bytes()
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-very-secret-value-1234")
-    with pytest.raises(SecretLeakError) as raised:
-        with use_cassette(path, "new_episodes", record_via=record_via):
-            chat().invoke("my token is tok-very-secret-value-1234")
+    with (
+        pytest.raises(SecretLeakError) as raised,
+        use_cassette(path, "new_episodes", record_via=record_via),
+    ):
+        chat().invoke("my token is tok-very-secret-value-1234")
     assert "MY_SERVICE_TOKEN" in str(raised.value) and "tok-very-secret" not in str(raised.value)
     assert path.read_bytes() == before  # the previous cassette is intact
 
@@ -308,8 +358,9 @@ def test_placeholder_key_only_while_replaying(tmp_path: Path, record_via: str) -
 # ----------------------------------------------------------------------- concurrency
 
 
-def test_fifty_threads_record_once_each_and_replay_deterministically(tmp_path: Path, record_via: str,
-                                                                     openai_server: OpenAIServer) -> None:
+def test_fifty_threads_record_once_each_and_replay_deterministically(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer
+) -> None:
     path = tmp_path / "c.json"
     llm = chat()
     results: dict[int, str] = {}
@@ -381,13 +432,16 @@ def test_transports_are_restored(tmp_path: Path, record_via: str) -> None:
     assert (httpx.HTTPTransport.handle_request, httpx2.AsyncHTTPTransport.handle_async_request) == originals
 
 
-def test_allowed_host_passes_through_unrecorded(tmp_path: Path, record_via: str,
-                                                openai_server: OpenAIServer) -> None:
+def test_allowed_host_passes_through_unrecorded(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer
+) -> None:
     path = tmp_path / "c.json"
     record(path, record_via, "hi")
     before = path.read_bytes()
     with use_cassette(path, "none", allow_hosts=["127.0.0.1"]):
-        assert httpx.get(f"{openai_server.base_url}/models").status_code == 404  # live, answered by the server
+        assert (
+            httpx.get(f"{openai_server.base_url}/models").status_code == 404
+        )  # live, answered by the server
     assert len(openai_server.requests) == 2
     assert path.read_bytes() == before
 
@@ -413,8 +467,9 @@ def test_two_sessions_recording_one_file_keep_both_recordings(tmp_path: Path, re
     assert prompts == ["inner", "outer"]
 
 
-def test_miss_for_a_host_never_recorded_suggests_allowing_it(tmp_path: Path, record_via: str,
-                                                             openai_server: OpenAIServer) -> None:
+def test_miss_for_a_host_never_recorded_suggests_allowing_it(
+    tmp_path: Path, record_via: str, openai_server: OpenAIServer
+) -> None:
     path = tmp_path / "c.json"
     record(path, record_via, "hi")
     with use_cassette(path, "none"), pytest.raises(ReplayMissError) as raised:

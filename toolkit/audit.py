@@ -27,8 +27,15 @@ class Row:
 
     def cells(self) -> list[str]:
         used = "?" if self.used is None else ("yes" if self.used else "no")
-        return [str(self.index), f"{self.method} {self.path}", self.model, self.prompt,
-                str(self.status), "yes" if self.streamed else "no", used]
+        return [
+            str(self.index),
+            f"{self.method} {self.path}",
+            self.model,
+            self.prompt,
+            str(self.status),
+            "yes" if self.streamed else "no",
+            used,
+        ]
 
 
 HEADERS = ["#", "endpoint", "model", "prompt", "status", "streamed", "used"]
@@ -58,7 +65,9 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(_content_text(part.get("text", "") if isinstance(part, dict) else part) for part in content)
+        return " ".join(
+            _content_text(part.get("text", "") if isinstance(part, dict) else part) for part in content
+        )
     return "" if content is None else str(content)
 
 
@@ -71,8 +80,16 @@ def _row(n: int, interaction: Interaction, usage: set[int] | None) -> Row:
     request, response = interaction.request, interaction.response
     body = request.body.get("json")
     model = str(body.get("model", "")) if isinstance(body, dict) else ""
-    return Row(n, request.method, urlsplit(request.url).path, model, prompt_of(body),
-               response.status, response.streamed, None if usage is None else n in usage)
+    return Row(
+        n,
+        request.method,
+        urlsplit(request.url).path,
+        model,
+        prompt_of(body),
+        response.status,
+        response.streamed,
+        None if usage is None else n in usage,
+    )
 
 
 @dataclass
@@ -105,7 +122,9 @@ def check(path: Path) -> CheckReport:
     except SecretLeakError as exc:
         report.problems.append(str(exc).replace("refused to write", "secret found in"))
     for shape in secret_shapes(text):
-        report.problems.append(f"{path}: holds something shaped like a credential ({shape}); remove it and re-record")
+        report.problems.append(
+            f"{path}: holds something shaped like a credential ({shape}); remove it and re-record"
+        )
     used = load_usage(path)
     if used is not None:
         report.unused = [n for n in range(len(cassette)) if n not in used]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -362,7 +363,5 @@ def add_usage(cassette_path: Path, used: Iterable[int]) -> None:
     """Merge ``used`` into the usage file; best effort (a read-only checkout is fine)."""
     merged = (load_usage(cassette_path) or set()) | set(used)
     document = {"sha256": file_sha256(cassette_path), "used": sorted(merged)}
-    try:
+    with contextlib.suppress(OSError):
         atomic_write(usage_path(cassette_path), json.dumps(document).encode("utf-8"))
-    except OSError:
-        pass

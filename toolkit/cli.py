@@ -76,7 +76,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int = 48
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--project", default=".", show_default=True, help="Project directory (holds chains/, cassettes/).")
+@click.option(
+    "--project", default=".", show_default=True, help="Project directory (holds chains/, cassettes/)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="chainkit")
 @click.pass_context
@@ -121,8 +123,12 @@ def list_chains(obj: Context, as_json: bool) -> None:
         )
     else:
         rows = [
-            [spec.name, spec.flavor.value, "yes" if project.cassette_for(spec.name).exists() else "no",
-             spec.description]
+            [
+                spec.name,
+                spec.flavor.value,
+                "yes" if project.cassette_for(spec.name).exists() else "no",
+                spec.description,
+            ]
             for spec in found.chains
         ]
         click.echo(table(["chain", "flavor", "recorded", "description"], rows, width=70))
@@ -143,28 +149,54 @@ def obj_exit(code: int) -> None:
 @click.argument("chain")
 @click.option("--input", "input_json", required=True, help="The chain's input, as JSON.")
 @click.option("--stream", is_flag=True, help="Print the output as it streams.")
-@click.option("--record-mode", type=click.Choice(RECORD_MODES), default=None,
-              help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).")
-@click.option("--cassette", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Default: cassettes/CHAIN.json.")
+@click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES),
+    default=None,
+    help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).",
+)
+@click.option(
+    "--cassette",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: cassettes/CHAIN.json.",
+)
 @click.option("--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 @reports_errors
-def run(obj: Context, chain: str, input_json: str, stream: bool, record_mode: str | None,
-        cassette: Path | None, allow_hosts: tuple[str, ...], as_json: bool) -> None:
+def run(
+    obj: Context,
+    chain: str,
+    input_json: str,
+    stream: bool,
+    record_mode: str | None,
+    cassette: Path | None,
+    allow_hosts: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Run CHAIN on --input, answered from its cassette (recording if --record-mode allows)."""
     from toolkit.runner import run_chain
 
     try:
         chain_input = json.loads(input_json)
     except ValueError as exc:
-        raise UsageError(f"--input is not valid JSON ({exc}); pass e.g. --input '{{\"question\": \"Hi\"}}'") from exc
+        raise UsageError(
+            f'--input is not valid JSON ({exc}); pass e.g. --input \'{{"question": "Hi"}}\''
+        ) from exc
     on_chunk = None if (as_json or not stream) else (lambda text: click.echo(text, nl=False))
     # With --json, stdout is one JSON document: what the chain itself prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        result = run_chain(obj.project, chain, chain_input, stream=stream, record_mode=record_mode,
-                           cassette=cassette, allow_hosts=allow_hosts, on_chunk=on_chunk)
+        result = run_chain(
+            obj.project,
+            chain,
+            chain_input,
+            stream=stream,
+            record_mode=record_mode,
+            cassette=cassette,
+            allow_hosts=allow_hosts,
+            on_chunk=on_chunk,
+        )
     if as_json:
         emit_json(result.to_json())
     elif stream:
@@ -182,29 +214,57 @@ def run(obj: Context, chain: str, input_json: str, stream: bool, record_mode: st
 @click.option("--register", is_flag=True, help="Register a model version named after each chain.")
 @click.option("--alias", default=None, help="Move this alias to the new versions (needs --register).")
 @click.option("--force", is_flag=True, help="Log again even if an identical model is already logged.")
-@click.option("--record-mode", type=click.Choice(RECORD_MODES), default=None,
-              help="Default: $CHAINKIT_RECORD_MODE, else none (offline, from the cassettes).")
-@click.option("--tracking-uri", default=None,
-              help="Default: $MLFLOW_TRACKING_URI, else sqlite:///PROJECT/mlflow.db.")
+@click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES),
+    default=None,
+    help="Default: $CHAINKIT_RECORD_MODE, else none (offline, from the cassettes).",
+)
+@click.option(
+    "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else sqlite:///PROJECT/mlflow.db."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 @reports_errors
-def log_command(obj: Context, chains: tuple[str, ...], register: bool, alias: str | None, force: bool,
-                record_mode: str | None, tracking_uri: str | None, as_json: bool) -> None:
+def log_command(
+    obj: Context,
+    chains: tuple[str, ...],
+    register: bool,
+    alias: str | None,
+    force: bool,
+    record_mode: str | None,
+    tracking_uri: str | None,
+    as_json: bool,
+) -> None:
     """Log CHAINS (default: all) to MLflow from code, offline, with exact requirements."""
     from toolkit.packaging import log_chains, tracking_uri_for
 
     if alias and not register:
         raise UsageError("--alias needs --register: an alias points at a registered model version")
     project = obj.project
-    results = log_chains(project, chains, register=register, alias=alias, force=force,
-                         record_mode=record_mode, tracking_uri=tracking_uri)
+    results = log_chains(
+        project,
+        chains,
+        register=register,
+        alias=alias,
+        force=force,
+        record_mode=record_mode,
+        tracking_uri=tracking_uri,
+    )
     uri = tracking_uri_for(project, tracking_uri)
     if as_json:
         emit_json({"tracking_uri": uri, "models": [result.to_json() for result in results]})
     else:
-        rows = [[r.name, r.status, "" if r.version is None else str(r.version), r.model_uri or "",
-                 f"{r.seconds:.2f}s"] for r in results]
+        rows = [
+            [
+                r.name,
+                r.status,
+                "" if r.version is None else str(r.version),
+                r.model_uri or "",
+                f"{r.seconds:.2f}s",
+            ]
+            for r in results
+        ]
         click.echo(table(["chain", "status", "version", "model_uri", "time"], rows, width=60))
         for result in results:
             if result.error:
@@ -238,8 +298,13 @@ def cassette_show(path: Path, as_json: bool) -> None:
         raise CassetteError(f"{path}: no such cassette; record it with --record-mode once")
     found = rows(loaded)
     if as_json:
-        emit_json({"path": str(path), "recorded_with": loaded.recorded_with,
-                   "interactions": [row.__dict__ for row in found]})
+        emit_json(
+            {
+                "path": str(path),
+                "recorded_with": loaded.recorded_with,
+                "interactions": [row.__dict__ for row in found],
+            }
+        )
         return
     click.echo(table(HEADERS, [row.cells() for row in found]))
     versions = ", ".join(f"{k} {v}" for k, v in loaded.recorded_with.items())
@@ -256,16 +321,29 @@ def cassette_check(paths: tuple[Path, ...], as_json: bool) -> None:
 
     reports = [check(path) for path in paths]
     if as_json:
-        emit_json([{"path": str(r.path), "ok": r.ok, "interactions": r.interactions,
-                    "problems": r.problems, "unused": r.unused} for r in reports])
+        emit_json(
+            [
+                {
+                    "path": str(r.path),
+                    "ok": r.ok,
+                    "interactions": r.interactions,
+                    "problems": r.problems,
+                    "unused": r.unused,
+                }
+                for r in reports
+            ]
+        )
     else:
         for report in reports:
             for problem in report.problems:
                 click.echo(f"problem: {problem}", err=True)
             if report.ok:
-                unused = ("unused: unknown (no replay run since it last changed)" if report.unused is None
-                          else f"unused: {len(report.unused)}" + (f" (#{', #'.join(map(str, report.unused))})"
-                                                                  if report.unused else ""))
+                unused = (
+                    "unused: unknown (no replay run since it last changed)"
+                    if report.unused is None
+                    else f"unused: {len(report.unused)}"
+                    + (f" (#{', #'.join(map(str, report.unused))})" if report.unused else "")
+                )
                 click.echo(f"ok: {report.path}: {report.interactions} interactions; {unused}")
     if not all(report.ok for report in reports):
         obj_exit(1)

@@ -58,7 +58,7 @@ def load_chain(path: Path, model_config: Path | None = None) -> Any:
 def check_model(path: Path, model: Any) -> Any:
     """Accept a LangChain Runnable or an MLflow PythonModel, nothing else."""
     from langchain_core.runnables import Runnable
-    from mlflow.pyfunc import PythonModel
+    from mlflow.pyfunc.model import PythonModel
 
     if isinstance(model, Runnable | PythonModel):
         return model

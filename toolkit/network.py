@@ -47,10 +47,10 @@ class NetworkGuard:
             _guards.append(self)
             if len(_guards) == 1:
                 socket.getaddrinfo = _guarded_getaddrinfo
-                socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-                socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+                socket.socket.connect = _guarded_connect  # type: ignore[method-assign, assignment]
+                socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign, assignment]
                 socket.socket.sendto = _guarded_sendto  # type: ignore[method-assign, assignment]
-                socket.socket.sendmsg = _guarded_sendmsg  # type: ignore[method-assign]
+                socket.socket.sendmsg = _guarded_sendmsg  # type: ignore[method-assign, assignment]
                 for name in _RESOLVERS:
                     setattr(socket, name, _guarded_resolver(name))
         return self

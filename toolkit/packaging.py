@@ -17,6 +17,7 @@ One broken chain fails alone; the others still log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -108,7 +109,9 @@ def quiet_mlflow() -> Iterator[None]:
 
 def git_commit(root: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -117,7 +120,11 @@ def git_commit(root: Path) -> str | None:
 def _files_of(paths: Iterable[Path]) -> list[Path]:
     files = []
     for path in paths:
-        files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        files += (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        )
     return files
 
 
@@ -126,11 +133,20 @@ def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path) -> 
     from toolkit import __version__
 
     digest = hashlib.sha256()
-    for file in [spec.path, *_files_of(dependencies.code_paths), *([spec.model_config] if spec.model_config else [])]:
+    for file in [
+        spec.path,
+        *_files_of(dependencies.code_paths),
+        *([spec.model_config] if spec.model_config else []),
+    ]:
         digest.update(str(file.name).encode() + b"\0" + file.read_bytes() + b"\0")
     digest.update((file_sha256(cassette) or "no cassette").encode())
-    digest.update(json.dumps([dependencies.requirements, spec.input_example, spec.flavor.value, __version__],
-                             sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            [dependencies.requirements, spec.input_example, spec.flavor.value, __version__],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return digest.hexdigest()
 
 
@@ -148,10 +164,8 @@ def signature_for(spec: ChainSpec, chain: Any) -> Any:
     if hasattr(output, "model_dump"):
         output = output.model_dump()
     # Plain JSON types only: langchain returns str subclasses, which MLflow's inference rejects.
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         output = json.loads(json.dumps(output))
-    except (TypeError, ValueError):
-        pass
     return infer_signature(spec.input_example, output)
 
 
@@ -177,10 +191,7 @@ def _register(name: str, model_id: str, model_uri: str, alias: str | None) -> in
         for mv in client.search_model_versions(f"name = '{name}'")
         if model_id in (getattr(mv, "model_id", None), str(mv.source).removeprefix("models:/"))
     ]
-    if existing:
-        version = int(existing[0].version)
-    else:
-        version = int(mlflow.register_model(model_uri, name).version)
+    version = int(existing[0].version if existing else mlflow.register_model(model_uri, name).version)
     if alias:
         client.set_registered_model_alias(name, alias, str(version))
     return version
@@ -203,7 +214,11 @@ def log_chain(
     cassette_path = project.cassette_for(spec.name)
     cassette = Cassette.load(cassette_path)
     dependencies = chain_dependencies(spec.path, project.chains_dir, cassette.recorded_with)
-    for file in [spec.path, *_files_of(dependencies.code_paths), *([spec.model_config] if spec.model_config else [])]:
+    for file in [
+        spec.path,
+        *_files_of(dependencies.code_paths),
+        *([spec.model_config] if spec.model_config else []),
+    ]:
         check_no_secrets(file.read_text(encoding="utf-8", errors="replace"), file)
     fingerprint_value = fingerprint(spec, dependencies, cassette_path)
     existing = None if force else _existing_model(experiment_id, fingerprint_value)
@@ -238,8 +253,15 @@ def log_chain(
                 info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
         model_id, model_uri, status = info.model_id, info.model_uri, "logged"
     version = _register(spec.name, model_id, model_uri, alias) if register else None
-    return LogResult(spec.name, status, model_id, model_uri, version, alias if register else None,
-                     seconds=round(time.perf_counter() - started, 3))
+    return LogResult(
+        spec.name,
+        status,
+        model_id,
+        model_uri,
+        version,
+        alias if register else None,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _problem_name(path: Path) -> str:
@@ -267,7 +289,11 @@ def log_chains(
     wanted = list(names)
     # A chain file discovery rejected (syntax error, no set_model) fails alone, like any other.
     broken = {_problem_name(problem.path): problem for problem in found.problems}
-    specs = [broken.get(name) or found.get(name) for name in wanted] if wanted else [*found.chains, *broken.values()]
+    specs: list[ChainSpec | Problem] = (
+        [broken.get(name) or found.get(name) for name in wanted]
+        if wanted
+        else [*found.chains, *broken.values()]
+    )
     if alias and not register:
         raise UsageError("--alias needs --register: an alias points at a registered model version")
     with quiet_mlflow():
@@ -280,10 +306,25 @@ def log_chains(
                 results.append(LogResult(name, "failed", error=f"chain {name}: {spec}"))
                 continue
             try:
-                results.append(log_chain(project, spec, experiment_id, register=register, alias=alias,
-                                         force=force, record_mode=record_mode))
-            except Exception as exc:  # noqa: BLE001 - isolation: report, then go on with the rest
+                results.append(
+                    log_chain(
+                        project,
+                        spec,
+                        experiment_id,
+                        register=register,
+                        alias=alias,
+                        force=force,
+                        record_mode=record_mode,
+                    )
+                )
+            except Exception as exc:
                 reason = str(exc) if isinstance(exc, ChainkitError) else f"{type(exc).__name__}: {exc}"
-                results.append(LogResult(spec.name, "failed", error=f"chain {spec.name}: {reason}",
-                                         seconds=round(time.perf_counter() - started, 3)))
+                results.append(
+                    LogResult(
+                        spec.name,
+                        "failed",
+                        error=f"chain {spec.name}: {reason}",
+                        seconds=round(time.perf_counter() - started, 3),
+                    )
+                )
     return results

@@ -108,7 +108,7 @@ def cassette_path(request: pytest.FixtureRequest) -> Path:
     explicit = (marker.args[0] if marker.args else marker.kwargs.get("path")) if marker else None
     test_file = Path(str(request.node.path))
     if explicit:
-        return (test_file.parent / explicit).resolve()
+        return (test_file.parent / str(explicit)).resolve()
     return test_file.parent / "cassettes" / test_file.stem / cassette_name(request.node.nodeid)
 
 

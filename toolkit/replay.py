@@ -52,7 +52,7 @@ from toolkit.redaction import kept_response_headers, redact_url
 try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
     import httpx2
 except ImportError:  # pragma: no cover - httpx2 is a dependency of openai 3.x
-    httpx2 = None
+    httpx2 = None  # type: ignore[assignment]
 
 RECORD_MODE_VARIABLE = "CHAINKIT_RECORD_MODE"
 RECORD_VIA_VARIABLE = "CHAINKIT_RECORD_VIA"
@@ -83,7 +83,7 @@ class RecordMode(StrEnum):
             raise UsageError(f"unknown record mode {value!r}: use one of {choices}") from None
 
 
-class _Unrecorded(Exception):
+class _UnrecordedError(Exception):
     """Raised by the router's side effect: the cassette has no (replayable) answer."""
 
 
@@ -114,11 +114,13 @@ class CassetteSession:
         self.allow_hosts = {host.strip().lower() for host in allow_hosts}
         mode, exists = self.mode, self.cassette.exists
         self.loaded_sha256 = self.cassette.sha256()
-        self.replays = mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (
-            mode is RecordMode.ONCE and exists
+        self.replays = (
+            mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (mode is RecordMode.ONCE and exists)
         )
-        self.records = mode is RecordMode.NEW_EPISODES or mode is RecordMode.ALL or (
-            mode is RecordMode.ONCE and not exists
+        self.records = (
+            mode is RecordMode.NEW_EPISODES
+            or mode is RecordMode.ALL
+            or (mode is RecordMode.ONCE and not exists)
         )
         self.index = InteractionIndex(self.cassette.interactions if self.replays else ())
         self.used: set[int] = set()
@@ -141,15 +143,17 @@ class CassetteSession:
         sent = recorded_request(request)
         position = self.index.take(request_key(sent)) if self.replays else None
         if position is None:
-            raise _Unrecorded(sent)
+            raise _UnrecordedError(sent)
         with self._lock:
             self.used.add(position)
             self.replayed += 1
         response = self.cassette.interactions[position].response
-        return httpx.Response(response.status, headers=response.headers, stream=_ChunkStream(response.chunks()))
+        return httpx.Response(
+            response.status, headers=response.headers, stream=_ChunkStream(response.chunks())
+        )
 
     def _unrecorded(self, request: httpx.Request) -> httpx.Response:
-        raise _Unrecorded(recorded_request(request))
+        raise _UnrecordedError(recorded_request(request))
 
     # Recording ------------------------------------------------------------------------------
 
@@ -175,8 +179,7 @@ class CassetteSession:
             why += f"; nothing was ever recorded for {host}: to reach it live, pass --allow-host {host}"
         return ReplayMissError(
             f"no recorded response in {self.path} for {sent.method} {sent.url} ({why}); re-record "
-            "with --record-mode new_episodes, or change the request back.\n"
-            + describe_miss(sent, recorded),
+            "with --record-mode new_episodes, or change the request back.\n" + describe_miss(sent, recorded),
             request=sent,
         )
 
@@ -210,12 +213,12 @@ class CassetteSession:
         """This cassette's answer, else that of an enclosing cassette still active."""
         try:
             return self.router.handler(request)
-        except _Unrecorded:
+        except _UnrecordedError:
             for outer in reversed(_sessions[:-1]):
                 if outer is not self:
                     try:
                         return outer.router.handler(request)
-                    except _Unrecorded:
+                    except _UnrecordedError:
                         continue
             raise
 
@@ -226,7 +229,7 @@ class CassetteSession:
             return send(request)
         try:
             return _native_response(module, self._replay(_to_httpx(request, request.read())))
-        except _Unrecorded as unrecorded:
+        except _UnrecordedError as unrecorded:
             sent: RecordedRequest = unrecorded.args[0]
         if not self.records:
             raise self.miss(sent) from None
@@ -245,7 +248,7 @@ class CassetteSession:
         try:
             content = await request.aread()
             return _native_response(module, self._replay(_to_httpx(request, content)))
-        except _Unrecorded as unrecorded:
+        except _UnrecordedError as unrecorded:
             sent: RecordedRequest = unrecorded.args[0]
         if not self.records:
             raise self.miss(sent) from None
@@ -272,7 +275,9 @@ class CassetteSession:
         def finish(body: bytes) -> None:
             response = _recorded_response(live, b"")
             events = tuple(parse_events(body.decode("utf-8", errors="replace")))
-            self._commit(Interaction(sent, RecordedResponse(response.status, response.headers, events=events)))
+            self._commit(
+                Interaction(sent, RecordedResponse(response.status, response.headers, events=events))
+            )
 
         headers = kept_response_headers(live.headers)
         return module.Response(live.status_code, headers=headers, stream=_TeeStream(live, finish))
@@ -298,19 +303,23 @@ def _httpx_response(response: RecordedResponse) -> httpx.Response:
 
 
 def _module_of(request: Any) -> ModuleType:
-    return httpx if isinstance(request, httpx.Request) else httpx2  # type: ignore[return-value]
+    return httpx if isinstance(request, httpx.Request) else httpx2
 
 
 def _to_httpx(request: Any, content: bytes) -> httpx.Request:
     if isinstance(request, httpx.Request):
         return request
-    return httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=content)
+    return httpx.Request(
+        request.method, str(request.url), headers=request.headers.multi_items(), content=content
+    )
 
 
 def _native_response(module: ModuleType, response: httpx.Response) -> Any:
     if module is httpx:
         return response
-    return module.Response(response.status_code, headers=response.headers.multi_items(), stream=response.stream)
+    return module.Response(
+        response.status_code, headers=response.headers.multi_items(), stream=response.stream
+    )
 
 
 _STREAM_BASES: tuple[type, ...] = (httpx.SyncByteStream, httpx.AsyncByteStream)
