@@ -7,6 +7,7 @@ The OpenAI API cannot be reached from here; everything that records, records fro
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in (
         "CHAINKIT_RECORD_MODE",
         "CHAINKIT_RECORD_VIA",
@@ -35,6 +36,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "MLFLOW_REGISTRY_URI",
     ):
         monkeypatch.delenv(name, raising=False)
+    yield
+    if "mlflow" in sys.modules:  # a tracking server's host stays reachable in mode none: forget it
+        sys.modules["mlflow"].set_tracking_uri(None)
+        sys.modules["mlflow"].set_registry_uri(None)
 
 
 @pytest.fixture
