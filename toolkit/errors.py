@@ -11,7 +11,8 @@ sentence that names the file, chain or request it is about and says what to do n
     ├── ReplayMissError          a request that the cassette does not hold (record mode forbids recording)
     ├── NetworkBlockedError      a connection attempted outside the cassette in record mode none
     ├── SecretLeakError          a file about to be written contains a secret from the environment
-    └── PackagingError           a chain that could not be logged to MLflow
+    ├── PackagingError           a chain that could not be logged to MLflow
+    └── DatasetError             an evaluation dataset that cannot be read (file, line, what to fix)
 """
 
 from __future__ import annotations
@@ -68,3 +69,7 @@ class SecretLeakError(ChainkitError):
 
 class PackagingError(ChainkitError):
     """A chain could not be logged or registered in MLflow."""
+
+
+class DatasetError(ChainkitError):
+    """An evaluation dataset is missing, malformed, or not in MLflow's evaluation shape."""

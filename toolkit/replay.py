@@ -20,11 +20,15 @@ reliance on a private mocker registry, at the same measured cost.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 from types import ModuleType
@@ -83,6 +87,61 @@ class RecordMode(StrEnum):
             raise UsageError(f"unknown record mode {value!r}: use one of {choices}") from None
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One request answered while exchanges were being collected: replayed or sent live."""
+
+    replayed: bool
+    url: str
+    model: str
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+_exchanges: ContextVar[list[Exchange] | None] = ContextVar("chainkit_exchanges", default=None)
+
+
+@contextmanager
+def collect_exchanges() -> Iterator[list[Exchange]]:
+    """Collect the exchanges made in this context (a thread, an asyncio task, and what they
+    start): how ``eval`` tells, row by row, what was replayed, what went live, and the tokens."""
+    exchanges: list[Exchange] = []
+    token = _exchanges.set(exchanges)
+    try:
+        yield exchanges
+    finally:
+        _exchanges.reset(token)
+
+
+def note_exchange(interaction: Interaction, *, replayed: bool) -> None:
+    exchanges = _exchanges.get()
+    if exchanges is None:
+        return
+    body = interaction.request.body.get("json")
+    model = str(body.get("model", "")) if isinstance(body, dict) else ""
+    prompt, completion = token_usage(interaction.response)
+    exchanges.append(
+        Exchange(replayed, interaction.request.url, model, interaction.response.status, prompt, completion)
+    )
+
+
+def token_usage(response: RecordedResponse) -> tuple[int, int]:
+    """(prompt, completion) tokens the API reported: chat, Responses, embeddings, streamed or not."""
+    candidates = [response.body.get("json")]
+    if response.events:  # the usage rides on the last events (a usage chunk, response.completed)
+        candidates = [event.data for event in reversed(response.events[-3:])]
+    for data in candidates:
+        if not isinstance(data, dict):
+            continue
+        usage = data.get("usage") or (data.get("response") or {}).get("usage")
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
+            completion = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
+            return int(prompt), int(completion)
+    return 0, 0
+
+
 class _UnrecordedError(Exception):
     """Raised by the router's side effect: the cassette has no (replayable) answer."""
 
@@ -123,6 +182,7 @@ class CassetteSession:
             or (mode is RecordMode.ONCE and not exists)
         )
         self.index = InteractionIndex(self.cassette.interactions if self.replays else ())
+        self._bodies: dict[int, list[bytes]] = {}  # response bytes, built on first replay
         self.used: set[int] = set()
         self.new: list[tuple[str, Interaction]] = []
         self.replayed = 0
@@ -147,10 +207,13 @@ class CassetteSession:
         with self._lock:
             self.used.add(position)
             self.replayed += 1
-        response = self.cassette.interactions[position].response
-        return httpx.Response(
-            response.status, headers=response.headers, stream=_ChunkStream(response.chunks())
-        )
+        interaction = self.cassette.interactions[position]
+        note_exchange(interaction, replayed=True)
+        chunks = self._bodies.get(position)
+        if chunks is None:
+            chunks = self._bodies[position] = interaction.response.chunks()
+        response = interaction.response
+        return httpx.Response(response.status, headers=response.headers, stream=_ChunkStream(chunks))
 
     def _unrecorded(self, request: httpx.Request) -> httpx.Response:
         raise _UnrecordedError(recorded_request(request))
@@ -158,6 +221,7 @@ class CassetteSession:
     # Recording ------------------------------------------------------------------------------
 
     def _commit(self, interaction: Interaction) -> None:
+        note_exchange(interaction, replayed=False)
         with self._lock:
             self.new.append((request_key(interaction.request), interaction))
 
@@ -309,9 +373,8 @@ def _module_of(request: Any) -> ModuleType:
 def _to_httpx(request: Any, content: bytes) -> httpx.Request:
     if isinstance(request, httpx.Request):
         return request
-    return httpx.Request(
-        request.method, str(request.url), headers=request.headers.multi_items(), content=content
-    )
+    # Headers take no part in matching: leaving them out saves most of the conversion's cost.
+    return httpx.Request(request.method, str(request.url), content=content)
 
 
 def _native_response(module: ModuleType, response: httpx.Response) -> Any:
@@ -429,6 +492,10 @@ def _patched(original: Any, is_async: bool) -> Any:
 
 
 def _push(session: CassetteSession) -> None:
+    # A loaded cassette is millions of long-lived objects; without this, every full collection
+    # the chain's own allocations trigger would walk them all (a 10,000-entry cassette made each
+    # replayed call ~10% slower). Frozen objects are skipped by the collector until unfrozen.
+    gc.freeze()
     with _patch_lock:
         if not _sessions:
             for cls, name, is_async in _transport_targets():
@@ -442,6 +509,7 @@ def _pop(session: CassetteSession) -> None:
     with _patch_lock:
         _sessions.remove(session)
         if not _sessions:
+            gc.unfreeze()
             while _originals:
                 cls, name, original = _originals.pop()
                 setattr(cls, name, original)
@@ -537,4 +605,4 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["CassetteSession", "RecordMode", "active_session", "use_cassette"]
+__all__ = ["CassetteSession", "Exchange", "RecordMode", "active_session", "collect_exchanges", "use_cassette"]

@@ -1,0 +1,209 @@
+"""Scorers: the deterministic built-ins, custom ones, and MLflow's LLM judges.
+
+Every scorer is an MLflow scorer (``mlflow.genai.scorers.scorer``), called the way
+``mlflow.genai.evaluate`` calls it: with the ``inputs``, ``outputs`` and ``expectations`` it
+declares. A built-in applies to a row only when the row carries its expectation, and returns
+None otherwise (so it does not count in the mean):
+
+=================  =============================================================
+``exact_match``    ``expected_response``: the output equals it (whitespace-trimmed)
+``contains``       ``expected_contains``: a string or list, all present (any case)
+``regex``          ``expected_regex``: the pattern is found in the output
+``json_valid``     ``expected_json: true``: the output is (or parses as) JSON
+``json_schema``    ``expected_schema``: the output validates against the JSON schema
+=================  =============================================================
+
+``latency`` (seconds) and ``token_usage`` (total tokens) are measured by the runner for every
+row and aggregated the same way.
+
+Custom scorers: ``--scorer module:function`` (a function decorated with ``@scorer``, or a plain
+function taking some of inputs/outputs/expectations). MLflow's built-in judges by class name
+(``--scorer Correctness``) call an LLM: allowed when recording live, an error in mode none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from toolkit.errors import UsageError
+
+MEASURES = ("latency", "token_usage")
+AGGREGATIONS = ("mean", "min", "max", "median", "variance", "p90", "sum")
+
+
+def _text(outputs: Any) -> str:
+    return outputs if isinstance(outputs, str) else json.dumps(outputs, ensure_ascii=False, default=str)
+
+
+def _as_json(outputs: Any) -> Any:
+    return json.loads(outputs) if isinstance(outputs, str) else outputs
+
+
+def _exact_match(outputs: Any, expectations: dict[str, Any]) -> bool | None:
+    if "expected_response" not in expectations:
+        return None
+    expected = expectations["expected_response"]
+    if isinstance(expected, str):
+        return _text(outputs).strip() == expected.strip()
+    return bool(outputs == expected)
+
+
+def _contains(outputs: Any, expectations: dict[str, Any]) -> bool | None:
+    wanted = expectations.get("expected_contains")
+    if wanted is None:
+        return None
+    text = _text(outputs).lower()
+    return all(str(part).lower() in text for part in ([wanted] if isinstance(wanted, str) else wanted))
+
+
+def _regex(outputs: Any, expectations: dict[str, Any]) -> bool | None:
+    pattern = expectations.get("expected_regex")
+    return None if pattern is None else re.search(pattern, _text(outputs)) is not None
+
+
+def _json_valid(outputs: Any, expectations: dict[str, Any]) -> bool | None:
+    if not expectations.get("expected_json"):
+        return None
+    try:
+        _as_json(outputs)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_schema(outputs: Any, expectations: dict[str, Any]) -> bool | None:
+    schema = expectations.get("expected_schema")
+    if schema is None:
+        return None
+    import jsonschema
+
+    try:
+        jsonschema.validate(_as_json(outputs), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def builtin_scorers() -> list[Any]:
+    """The deterministic built-ins, as MLflow scorers."""
+    from mlflow.genai.scorers import scorer
+
+    functions = [_exact_match, _contains, _regex, _json_valid, _json_schema]
+    return [scorer(function, name=function.__name__.lstrip("_")) for function in functions]
+
+
+def _mlflow_judges() -> dict[str, type]:
+    from mlflow.genai import scorers
+
+    return {
+        name: value
+        for name, value in vars(scorers).items()
+        if isinstance(value, type) and issubclass(value, scorers.Scorer) and value is not scorers.Scorer
+    }
+
+
+def load_scorer(spec: str) -> Any:
+    """``module:function`` -> that scorer; ``Correctness`` -> MLflow's judge of that name."""
+    from mlflow.genai.scorers import Scorer, scorer
+
+    if ":" not in spec:
+        judges = _mlflow_judges()
+        if spec not in judges:
+            raise UsageError(
+                f"unknown scorer {spec!r}: pass module:function, or one of MLflow's judges "
+                f"({', '.join(sorted(judges))})"
+            )
+        return judges[spec]()
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--scorer {spec}: cannot import it ({exc}); check the module path") from exc
+    if isinstance(found, Scorer):
+        return found
+    if callable(found):
+        return scorer(found, name=attribute)
+    raise UsageError(f"--scorer {spec}: {type(found).__name__} is not a scorer or a function")
+
+
+def calls_an_llm(candidate: Any) -> bool:
+    """MLflow's built-in judges (and judges made with make_judge) call an LLM."""
+    return type(candidate).__name__ in _mlflow_judges() or hasattr(candidate, "model")
+
+
+def resolve(specs: Sequence[str], *, offline: bool) -> list[Any]:
+    """Built-ins plus ``specs``; in mode none, a scorer that calls an LLM is refused up front."""
+    chosen = builtin_scorers() + [load_scorer(spec) for spec in specs]
+    if offline:
+        judges = [str(getattr(s, "name", s)) for s in chosen if calls_an_llm(s)]
+        if judges:
+            raise UsageError(
+                f"scorer {', '.join(judges)} calls an LLM judge, and record mode 'none' lets no "
+                "request out: evaluate live (--record-mode new_episodes) or drop the scorer"
+            )
+    return chosen
+
+
+def score(scorers: Sequence[Any], inputs: Any, outputs: Any, expectations: dict[str, Any]) -> dict[str, Any]:
+    """Each applicable scorer's value (bool, number, string); Feedback objects unwrapped."""
+    values: dict[str, Any] = {}
+    for candidate in scorers:
+        value = candidate.run(inputs=inputs, outputs=outputs, expectations=expectations)
+        if isinstance(value, list):  # several Feedbacks
+            for feedback in value:
+                values[f"{candidate.name}/{feedback.name}"] = feedback.value
+            continue
+        value = getattr(value, "value", value)
+        if value is not None:
+            values[candidate.name] = value
+    return values
+
+
+class Aggregate:
+    """Running aggregation of one score: mean, min, max, sum and variance in constant memory;
+    the median and p90 keep the values, and only when asked for."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        unknown = sorted(set(names) - set(AGGREGATIONS))
+        if unknown:
+            raise UsageError(f"unknown aggregation {', '.join(unknown)}: use {', '.join(AGGREGATIONS)}")
+        self.names = list(names)
+        self.count, self.total, self._mean, self._m2 = 0, 0.0, 0.0, 0.0
+        self.low, self.high = float("inf"), float("-inf")
+        self.values: list[float] | None = [] if {"median", "p90"} & set(names) else None
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, bool) or isinstance(value, int | float):
+            number = float(value)
+        elif value in ("yes", "no"):  # MLflow judges answer yes/no
+            number = 1.0 if value == "yes" else 0.0
+        else:
+            return
+        self.count += 1
+        self.total += number
+        delta = number - self._mean  # Welford's online variance
+        self._mean += delta / self.count
+        self._m2 += delta * (number - self._mean)
+        self.low, self.high = min(self.low, number), max(self.high, number)
+        if self.values is not None:
+            self.values.append(number)
+
+    def result(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        ordered = sorted(self.values) if self.values is not None else []
+        computed = {
+            "mean": self._mean,
+            "min": self.low,
+            "max": self.high,
+            "sum": self.total,
+            "variance": self._m2 / self.count,
+            "median": statistics.median(ordered) if ordered else 0.0,
+            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0.0,
+        }
+        return {name: float(computed[name]) for name in self.names}
