@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from openai_server import OpenAIServer, default_responder  # noqa: E402
 
+from toolkit.evaluation import EvalOptions, datasets_for, evaluate  # noqa: E402
 from toolkit.project import Project  # noqa: E402
 from toolkit.runner import run_chain  # noqa: E402
 
@@ -59,6 +61,10 @@ ANSWERS = {  # the first needle found in the request wins
     "creates a new numbered version of that registered model. An alias can then be moved to it.",
     "What does a signature describe": "A signature describes a model's inputs and outputs. It is "
     "inferred from an input example at logging time and enforced when the model predicts.",
+    "How do I load a logged model?": "Use mlflow.pyfunc.load_model(model_uri); it loads any logged "
+    "model behind one predict interface, whatever its flavor.",
+    "numbered versions. An alias": "The Model Registry keeps numbered versions of each named model, "
+    "and an alias such as champion points at one version.",
     "open-source platform to manage": "MLflow is an open-source platform that manages the whole "
     "machine learning lifecycle, from experiments to a central model registry.",
 }
@@ -67,6 +73,7 @@ ANSWERS = {  # the first needle found in the request wins
 CONTACTS = {
     "Ada Lovelace": {"name": "Ada Lovelace", "email": "ada@example.com", "company": "Analytical Engines Ltd"},
     "Grace Hopper": {"name": "Grace Hopper", "email": "grace@navy.example", "company": None},
+    "Alan Turing": {"name": "Alan Turing", "email": "alan@bletchley.example", "company": "Bletchley Park"},
 }
 
 
@@ -96,6 +103,14 @@ def main(only: list[str]) -> None:
                     record_mode="once" if chain_input is inputs[0] else "new_episodes",
                 )
                 print(f"{name}: recorded {result.recorded} -> {result.output!r}")
+        # Then every dataset row, so that `chainkit eval --all` runs offline.
+        with tempfile.TemporaryDirectory() as store:
+            for name, data in datasets_for(project).items():
+                if only and name not in only:
+                    continue
+                options = EvalOptions(data=data, record_mode="new_episodes", tracking_uri=f"sqlite:///{store}/mlflow.db")
+                summary = evaluate(project, options, chain=name)
+                print(f"{name}: {summary.rows} dataset rows, {summary.live_rows} recorded live, {summary.errors} errors")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,12 @@ def test_helpers_importing_each_other_in_a_cycle_terminate(tmp_path: Path) -> No
     assert dependencies.code_paths == (a, b)
 
 
+def test_the_chain_file_itself_is_never_a_code_path(tmp_path: Path) -> None:
+    helper = write(tmp_path / "helper_back.py", "import c\n")  # imports the chain module back
+    chain = write(tmp_path / "c.py", "import helper_back\n")
+    assert chain_dependencies(chain, tmp_path).code_paths == (helper,)
+
+
 def test_a_local_helper_shadows_a_third_party_name(tmp_path: Path) -> None:
     # chains_dir is first on sys.path when the chain runs, so chains/yaml.py is what imports.
     local = write(tmp_path / "yaml.py", "X = 1\n")
@@ -255,3 +261,10 @@ def test_distribution_of_maps_modules_to_distributions() -> None:
     assert distribution_of("mlflow") == "mlflow"  # not mlflow-skinny or mlflow-tracing
     assert distribution_of("langchain_core") == "langchain-core"
     assert distribution_of("no_such_module_xq7") is None
+
+
+def test_distribution_of_prefers_the_namesake_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    provided = {"foo_bar": ["alpha-tools", "Foo.Bar", "zeta"], "baz": ["zeta-baz", "beta-baz"]}
+    monkeypatch.setattr("toolkit.requirements._module_distributions", lambda: provided)
+    assert distribution_of("foo_bar") == "Foo.Bar"  # normalized names match, not the first sorted
+    assert distribution_of("baz") == "beta-baz"  # no namesake: a stable choice

@@ -15,6 +15,7 @@ result to the dataset's and the cassette's sha256.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import sys
 import tempfile
@@ -204,6 +205,20 @@ async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, res
     return skipped
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """One event loop for every evaluation in the process. langchain-openai caches one async
+    HTTP client per base URL for the whole process, and its pooled connections belong to the
+    loop that opened them: a second ``asyncio.run`` would reuse them from a closed loop."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+        atexit.register(_loop.close)
+    return _loop
+
+
 # --------------------------------------------------------------------------- progress
 
 
@@ -322,7 +337,8 @@ def evaluate(
             with use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts):
                 invoke = target.load()
                 runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress)
-                skipped = asyncio.run(run_rows(read_rows(options.data), runner, journal, options.resume is not None))
+                rows = read_rows(options.data)
+                skipped = event_loop().run_until_complete(run_rows(rows, runner, journal, options.resume is not None))
             progress.finish()
             summary = _finish(mlflow, journal, target, run_id, aggregates, options, skipped, limit, started)
             status = "FINISHED"
