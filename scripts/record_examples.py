@@ -108,9 +108,12 @@ def main(only: list[str]) -> None:
             for name, data in datasets_for(project).items():
                 if only and name not in only:
                     continue
-                options = EvalOptions(data=data, record_mode="new_episodes", tracking_uri=f"sqlite:///{store}/mlflow.db")
+                options = EvalOptions(
+                    data=data, record_mode="new_episodes", tracking_uri=f"sqlite:///{store}/mlflow.db"
+                )
                 summary = evaluate(project, options, chain=name)
-                print(f"{name}: {summary.rows} dataset rows, {summary.live_rows} recorded live, {summary.errors} errors")
+                counts = f"{summary.rows} dataset rows, {summary.live_rows} recorded live"
+                print(f"{name}: {counts}, {summary.errors} errors")
 
 
 if __name__ == "__main__":

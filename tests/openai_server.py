@@ -213,6 +213,11 @@ class OpenAIServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def add_faults(self, faults: Iterable[Fault]) -> None:
+        """Serve these errors next (after any still queued), one per request."""
+        with self._lock:
+            self._faults.extend(faults)
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -99,11 +99,6 @@ def test_a_file_as_the_project_directory_is_a_usage_error(tmp_path: Path) -> Non
         Project.at(file)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/project.py:36 reads pyproject.toml with read_text() and catches only "
-    "TOMLDecodeError, so a file that is not UTF-8 (invalid TOML) escapes as UnicodeDecodeError",
-)
 def test_a_pyproject_that_is_not_utf8_is_a_usage_error_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "pyproject.toml"
     path.write_bytes(b'[tool.chainkit]\nchains = "\xff"\n')
@@ -112,11 +107,6 @@ def test_a_pyproject_that_is_not_utf8_is_a_usage_error_naming_the_file(tmp_path:
     assert str(path) in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/project.py:36 calls .get() on tool / tool.chainkit without checking they "
-    "are tables, so `[tool] chainkit = \"x\"` raises AttributeError instead of a UsageError",
-)
 def test_a_tool_chainkit_that_is_not_a_table_is_a_usage_error(tmp_path: Path) -> None:
     path = pyproject(tmp_path, '[tool]\nchainkit = "src/chains"\n')
     with pytest.raises(UsageError) as caught:
@@ -124,11 +114,6 @@ def test_a_tool_chainkit_that_is_not_a_table_is_a_usage_error(tmp_path: Path) ->
     assert str(path) in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/project.py:41 str()s any value, so `chains = 3` silently means the folder "
-    "'3' instead of a UsageError saying the setting must be a string path",
-)
 def test_a_folder_setting_that_is_not_a_string_is_a_usage_error(tmp_path: Path) -> None:
     pyproject(tmp_path, "[tool.chainkit]\nchains = 3\n")
     with pytest.raises(UsageError, match="chains"):

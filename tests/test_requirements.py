@@ -209,6 +209,15 @@ def test_a_local_helper_shadows_a_third_party_name(tmp_path: Path) -> None:
     assert dependencies.code_paths == (local,)
 
 
+def test_a_namespace_package_import_maps_to_the_distribution_of_the_submodule(tmp_path: Path) -> None:
+    assert len(set(metadata.packages_distributions()["google"])) > 1  # the premise: a shared namespace
+    chain = write(
+        tmp_path / "c.py",
+        "from google.protobuf import struct_pb2\nfrom opentelemetry.sdk.trace import TracerProvider\n",
+    )
+    assert chain_dependencies(chain, tmp_path).requirements == pins("mlflow", "opentelemetry-sdk", "protobuf")
+
+
 @pytest.mark.parametrize("statement", ["from . import helper", "from .helper import thing"])
 def test_relative_import_is_a_packaging_error_with_file_line_and_fix(tmp_path: Path, statement: str) -> None:
     chain = write(tmp_path / "c.py", f"import mlflow\n\n{statement}\n")
@@ -264,7 +273,7 @@ def test_distribution_of_maps_modules_to_distributions() -> None:
 
 
 def test_distribution_of_prefers_the_namesake_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
-    provided = {"foo_bar": ["alpha-tools", "Foo.Bar", "zeta"], "baz": ["zeta-baz", "beta-baz"]}
+    provided = {"foo_bar": ["alpha-tools", "foo.Bar", "zeta"], "baz": ["zeta-baz", "beta-baz"]}
     monkeypatch.setattr("toolkit.requirements._module_distributions", lambda: provided)
-    assert distribution_of("foo_bar") == "Foo.Bar"  # normalized names match, not the first sorted
+    assert distribution_of("foo_bar") == "foo.Bar"  # normalized names match, not the first sorted
     assert distribution_of("baz") == "beta-baz"  # no namesake: a stable choice

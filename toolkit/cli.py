@@ -280,31 +280,72 @@ def log_command(
 
 @cli.command("eval")
 @click.argument("chain", required=False)
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Dataset (JSONL, CSV, Parquet). Default: datasets/CHAIN.jsonl.")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Dataset (JSONL, CSV, Parquet). Default: datasets/CHAIN.jsonl.",
+)
 @click.option("--model-uri", default=None, help="Evaluate a logged model (models:/qa@candidate) instead.")
 @click.option("--all", "every", is_flag=True, help="Every chain that has a dataset under datasets/.")
 @click.option("--concurrency", type=int, default=None, help="Rows at a time (default 8).")
-@click.option("--record-mode", type=click.Choice(RECORD_MODES), default=None,
-              help="Default: $CHAINKIT_RECORD_MODE, else none (replayed, offline).")
+@click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES),
+    default=None,
+    help="Default: $CHAINKIT_RECORD_MODE, else none (replayed, offline).",
+)
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Finish an interrupted run.")
-@click.option("--scorer", "scorers", multiple=True, metavar="SPEC",
-              help="module:function, or an MLflow judge's name (live only). Repeatable.")
-@click.option("--aggregate", "aggregations", default="mean", show_default=True,
-              help="Comma-separated: mean, min, max, median, variance, p90, sum.")
-@click.option("--prices", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help='JSON {"model": [usd_per_1M_input, usd_per_1M_output]} for the cost estimate.')
-@click.option("--cassette", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Recording for --model-uri (default: the one of the chain it was logged from).")
+@click.option(
+    "--scorer",
+    "scorers",
+    multiple=True,
+    metavar="SPEC",
+    help="module:function, or an MLflow judge's name (live only). Repeatable.",
+)
+@click.option(
+    "--aggregate",
+    "aggregations",
+    default="mean",
+    show_default=True,
+    help="Comma-separated: mean, min, max, median, variance, p90, sum.",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"model": [usd_per_1M_input, usd_per_1M_output]} for the cost estimate.',
+)
+@click.option(
+    "--cassette",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Recording for --model-uri (default: the one of the chain it was logged from).",
+)
 @click.option("--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live.")
-@click.option("--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else the project's sqlite.")
+@click.option(
+    "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else the project's sqlite."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 @reports_errors
-def eval_command(obj: Context, chain: str | None, data: Path | None, model_uri: str | None, every: bool,
-                 concurrency: int | None, record_mode: str | None, resume: str | None,
-                 scorers: tuple[str, ...], aggregations: str, prices: Path | None, cassette: Path | None,
-                 allow_hosts: tuple[str, ...], tracking_uri: str | None, as_json: bool) -> None:
+def eval_command(
+    obj: Context,
+    chain: str | None,
+    data: Path | None,
+    model_uri: str | None,
+    every: bool,
+    concurrency: int | None,
+    record_mode: str | None,
+    resume: str | None,
+    scorers: tuple[str, ...],
+    aggregations: str,
+    prices: Path | None,
+    cassette: Path | None,
+    allow_hosts: tuple[str, ...],
+    tracking_uri: str | None,
+    as_json: bool,
+) -> None:
     """Evaluate CHAIN over a dataset: each row run, scored, and the results logged to MLflow."""
     from toolkit.evaluation import DEFAULT_CONCURRENCY, DEFAULT_PRICES, EvalOptions, datasets_for, evaluate
 
@@ -323,30 +364,47 @@ def eval_command(obj: Context, chain: str | None, data: Path | None, model_uri: 
     table_prices = dict(DEFAULT_PRICES)
     if prices is not None:
         try:
-            table_prices.update({k: (float(v[0]), float(v[1])) for k, v in json.loads(prices.read_text()).items()})
+            table_prices.update(
+                {k: (float(v[0]), float(v[1])) for k, v in json.loads(prices.read_text()).items()}
+            )
         except (OSError, ValueError, TypeError, IndexError) as exc:
-            raise UsageError(f"{prices}: expected {{\"model\": [input_usd, output_usd]}} per million tokens") from exc
+            raise UsageError(
+                f'{prices}: expected {{"model": [input_usd, output_usd]}} per million tokens'
+            ) from exc
     summaries = []
     for name, path in jobs:
         options = EvalOptions(
-            data=path, concurrency=concurrency or DEFAULT_CONCURRENCY, record_mode=record_mode, resume=resume,
-            scorers=scorers, aggregations=[a.strip() for a in aggregations.split(",") if a.strip()],
-            prices=table_prices, tracking_uri=tracking_uri, allow_hosts=allow_hosts,
+            data=path,
+            concurrency=concurrency or DEFAULT_CONCURRENCY,
+            record_mode=record_mode,
+            resume=resume,
+            scorers=scorers,
+            aggregations=[a.strip() for a in aggregations.split(",") if a.strip()],
+            prices=table_prices,
+            tracking_uri=tracking_uri,
+            allow_hosts=allow_hosts,
             progress=not as_json and sys.stderr.isatty(),
         )
         try:
-            summaries.append(evaluate(project, options, chain=name or None, model_uri=model_uri, cassette=cassette))
+            summaries.append(
+                evaluate(project, options, chain=name or None, model_uri=model_uri, cassette=cassette)
+            )
         except KeyboardInterrupt:
-            click.echo("\ninterrupted: every finished row is saved; finish with --resume RUN_ID "
-                       "(the run id is in `mlflow ui` or the line above)", err=True)
+            click.echo(
+                "\ninterrupted: every finished row is saved; finish with --resume RUN_ID "
+                "(the run id is in `mlflow ui` or the line above)",
+                err=True,
+            )
             obj_exit(130)
     if as_json:
         emit_json({"runs": [summary.to_json() for summary in summaries]})
     else:
         for summary in summaries:
-            click.echo(f"{summary.chain}: run {summary.run_id}: {summary.rows} rows, {summary.errors} errors, "
-                       f"{summary.replayed_rows} replayed, {summary.live_rows} live, {summary.tokens} tokens, "
-                       f"~${summary.cost_usd:.4f}, {summary.seconds:.1f}s")
+            click.echo(
+                f"{summary.chain}: run {summary.run_id}: {summary.rows} rows, {summary.errors} errors, "
+                f"{summary.replayed_rows} replayed, {summary.live_rows} live, {summary.tokens} tokens, "
+                f"~${summary.cost_usd:.4f}, {summary.seconds:.1f}s"
+            )
             rows = [[name, f"{value:.4g}"] for name, value in sorted(summary.metrics.items())]
             click.echo(table(["metric", "value"], rows))
     if not all(summary.ok for summary in summaries):

@@ -33,8 +33,7 @@ class Row:
 
 def read_rows(path: Path) -> Iterator[Row]:
     """The rows of ``path``, in file order."""
-    if not path.is_file():
-        raise DatasetError(f"dataset {path} does not exist; pass --data FILE (JSONL, CSV or Parquet)")
+    _require(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         yield from _csv_rows(path)
@@ -44,18 +43,28 @@ def read_rows(path: Path) -> Iterator[Row]:
         yield from _jsonl_rows(path)
 
 
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise DatasetError(f"dataset {path} does not exist; pass --data FILE (JSONL, CSV or Parquet)")
+
+
 def count_rows(path: Path) -> int:
-    """Number of rows, counted without parsing them (for progress and estimates)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
+    """Number of rows, counted without parsing JSON (for progress and estimates)."""
+    _require(path)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(path).metadata.num_rows)
+    if suffix == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
     with path.open("rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - 1 if path.suffix.lower() == ".csv" else lines
+        return sum(1 for line in handle if line.strip())
 
 
 def file_digest(path: Path) -> str:
+    _require(path)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -69,9 +78,14 @@ def _row(path: Path, where: str, index: int, record: Any) -> Row:
             f"{path}:{where}: a row must be an object with 'inputs' (and optionally "
             '\'expectations\'), e.g. {"inputs": {"question": "..."}, "expectations": {...}}'
         )
-    expectations = record.get("expectations") or {}
+    expectations = record.get("expectations")
+    if expectations is None:
+        expectations = {}
     if not isinstance(expectations, Mapping):
-        raise DatasetError(f"{path}:{where}: 'expectations' must be an object")
+        raise DatasetError(
+            f"{path}:{where}: 'expectations' must be an object, e.g. "
+            '{"inputs": {"question": "..."}, "expectations": {"expected_response": "..."}}'
+        )
     return Row(index, record["inputs"], dict(expectations))
 
 
@@ -84,20 +98,24 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise DatasetError(f"{path}:{number}: not valid JSON ({exc}); one JSON object per line") from exc
+                raise DatasetError(
+                    f"{path}:{number}: not valid JSON ({exc}); one JSON object per line"
+                ) from exc
             yield _row(path, str(number), index, record)
             index += 1
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the first column.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         for index, record in enumerate(csv.DictReader(handle)):
             nested: dict[str, Any] = {}
             for column, value in record.items():
                 part, _, name = (column or "").partition(".")
                 if part in ("inputs", "expectations") and not name:
                     nested[part] = _json_cell(path, index, column, value)
-                elif part in ("inputs", "expectations"):
+                elif part == "inputs" or (part == "expectations" and value != ""):
+                    # An empty expectations cell means "no expectation here", not "expect ''".
                     nested.setdefault(part, {})[name] = value
             yield _row(path, f"row {index + 1}", index, nested)
 
@@ -118,5 +136,8 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
             for column in ("inputs", "expectations"):
                 if isinstance(record.get(column), str):
                     record[column] = _json_cell(path, index, column, record[column])
+            if isinstance(record.get("expectations"), dict):
+                # A struct column has every key of every row: a key this row lacks comes as None.
+                record["expectations"] = {k: v for k, v in record["expectations"].items() if v is not None}
             yield _row(path, f"row {index + 1}", index, record)
             index += 1

@@ -111,7 +111,9 @@ def plain(output: Any) -> Any:
 def cost_of(exchanges: Iterable[Exchange], prices: Mapping[str, tuple[float, float]]) -> float:
     total = 0.0
     for exchange in exchanges:
-        model = next((name for name in sorted(prices, key=len, reverse=True) if exchange.model.startswith(name)), None)
+        model = next(
+            (name for name in sorted(prices, key=len, reverse=True) if exchange.model.startswith(name)), None
+        )
         if model is not None:
             price_in, price_out = prices[model]
             total += (exchange.prompt_tokens * price_in + exchange.completion_tokens * price_out) / 1e6
@@ -121,8 +123,15 @@ def cost_of(exchanges: Iterable[Exchange], prices: Mapping[str, tuple[float, flo
 class RowRunner:
     """Runs one row: invoke with retries under the adaptive limit, score, journal."""
 
-    def __init__(self, invoke: Invoke, scorers: Sequence[Any], limit: AdaptiveLimit, journal: Journal,
-                 prices: Mapping[str, tuple[float, float]], progress: Progress) -> None:
+    def __init__(
+        self,
+        invoke: Invoke,
+        scorers: Sequence[Any],
+        limit: AdaptiveLimit,
+        journal: Journal,
+        prices: Mapping[str, tuple[float, float]],
+        progress: Progress,
+    ) -> None:
         self.invoke, self.scorers, self.limit = invoke, scorers, limit
         self.journal, self.prices, self.progress = journal, prices, progress
 
@@ -139,7 +148,7 @@ class RowRunner:
                         output, error = plain(await self.invoke(row.inputs)), None
                     except (NetworkBlockedError, ReplayMissError) as exc:
                         error = exc
-                    except Exception as exc:  # noqa: BLE001 - the row records its error
+                    except Exception as exc:
                         error = exc
                     latency = time.perf_counter() - started
                 exchanges += made
@@ -157,7 +166,7 @@ class RowRunner:
                 scores = score(self.scorers, row.inputs, output, row.expectations)
             except (NetworkBlockedError, ReplayMissError):
                 raise  # a scorer that needs the network: the whole job stops, clearly
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 error = exc
         prompt = sum(e.prompt_tokens for e in exchanges)
         completion = sum(e.completion_tokens for e in exchanges)
@@ -197,8 +206,8 @@ async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, res
                 for task in done:
                     task.result()  # a fatal error (a scorer needing the network) stops the job
             pending.add(asyncio.create_task(runner.run(row)))
-        for task in asyncio.as_completed(pending):
-            await task
+        for finished in asyncio.as_completed(pending):
+            await finished
     finally:
         for task in pending:
             task.cancel()
@@ -283,16 +292,26 @@ def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Ta
     model_id = getattr(info, "model_id", None)
     name = mlflow.get_logged_model(model_id).tags.get("chainkit.chain") if model_id else None
     if cassette is None and name is None:
-        raise UsageError(f"{model_uri} was not logged by chainkit: pass --cassette to say which recording to use")
+        raise UsageError(
+            f"{model_uri} was not logged by chainkit: pass --cassette to say which recording to use"
+        )
     path = cassette or project.cassette_for(str(name))
 
     def load() -> Invoke:
         model = mlflow.pyfunc.load_model(model_uri)
+        if "langchain" in model.metadata.flavors:
+            # The logged chain itself, called as serving calls it per request. (pyfunc.predict
+            # would run it in MLflow's own thread pool, out of reach of per-row accounting.)
+            return model.get_raw_model().ainvoke  # type: ignore[no-any-return]
 
         def predict(inputs: Any) -> Any:
             output = model.predict(inputs)
             # pyfunc answers a dict input with a one-element list (DESIGN field note 6).
-            return output[0] if isinstance(inputs, dict) and isinstance(output, list) and len(output) == 1 else output
+            return (
+                output[0]
+                if isinstance(inputs, dict) and isinstance(output, list) and len(output) == 1
+                else output
+            )
 
         return lambda inputs: asyncio.to_thread(predict, inputs)
 
@@ -329,16 +348,18 @@ def evaluate(
         run = _start_run(mlflow, target, options, mode, dataset_sha)
         run_id = run.info.run_id
         journal = Journal(project.root / ".chainkit" / "runs" / f"{run_id}.sqlite")
-        _check_resume(journal, options, dataset_sha)
-        progress = Progress(total, options.progress, done=journal.count())
-        limit = AdaptiveLimit(options.concurrency)
         status = "FAILED"
         try:
+            _check_resume(journal, options, dataset_sha)
+            progress = Progress(total, options.progress, done=journal.count())
+            limit = AdaptiveLimit(options.concurrency)
             with use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts):
                 invoke = target.load()
                 runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress)
                 rows = read_rows(options.data)
-                skipped = event_loop().run_until_complete(run_rows(rows, runner, journal, options.resume is not None))
+                skipped = event_loop().run_until_complete(
+                    run_rows(rows, runner, journal, options.resume is not None)
+                )
             progress.finish()
             summary = _finish(mlflow, journal, target, run_id, aggregates, options, skipped, limit, started)
             status = "FINISHED"
@@ -356,7 +377,9 @@ def _start_run(mlflow: Any, target: Target, options: EvalOptions, mode: RecordMo
         try:
             return mlflow.start_run(run_id=options.resume)
         except Exception as exc:
-            raise UsageError(f"--resume {options.resume}: no such MLflow run ({exc}); check the run id") from exc
+            raise UsageError(
+                f"--resume {options.resume}: no such MLflow run ({exc}); check the run id"
+            ) from exc
     from toolkit import __version__
 
     tags = {
@@ -385,8 +408,17 @@ def _check_resume(journal: Journal, options: EvalOptions, dataset_sha: str) -> N
         )
 
 
-def _finish(mlflow: Any, journal: Journal, target: Target, run_id: str, aggregates: dict[str, Aggregate],
-            options: EvalOptions, skipped: int, limit: AdaptiveLimit, started: float) -> EvalSummary:
+def _finish(
+    mlflow: Any,
+    journal: Journal,
+    target: Target,
+    run_id: str,
+    aggregates: dict[str, Aggregate],
+    options: EvalOptions,
+    skipped: int,
+    limit: AdaptiveLimit,
+    started: float,
+) -> EvalSummary:
     rows = errors = replayed = live = tokens = 0
     cost = 0.0
     table: dict[str, list[Any]] | None = {} if journal.count() <= TABLE_ROW_LIMIT else None
@@ -411,20 +443,44 @@ def _finish(mlflow: Any, journal: Journal, target: Target, run_id: str, aggregat
     if table is not None:
         mlflow.log_table(data=table, artifact_file="eval_results_table.json")
     metrics = {f"{name}/{agg}": value for name, a in aggregates.items() for agg, value in a.result().items()}
-    metrics.update({"rows": rows, "errors": errors, "replayed_rows": replayed, "live_rows": live,
-                    "tokens": tokens, "cost_usd": round(cost, 6)})
+    metrics.update(
+        {
+            "rows": rows,
+            "errors": errors,
+            "replayed_rows": replayed,
+            "live_rows": live,
+            "tokens": tokens,
+            "cost_usd": round(cost, 6),
+        }
+    )
     mlflow.log_metrics(metrics, model_id=target.model_id)
     cassette_sha = file_sha256(target.cassette)
     mlflow.set_tag("chainkit.cassette_sha256", cassette_sha or "none")
-    return EvalSummary(target.name, run_id, target.model_id, rows, errors, replayed, live, skipped, metrics, tokens,
-                       round(cost, 6), cassette_sha, round(time.perf_counter() - started, 3), limit.history)
+    return EvalSummary(
+        target.name,
+        run_id,
+        target.model_id,
+        rows,
+        errors,
+        replayed,
+        live,
+        skipped,
+        metrics,
+        tokens,
+        round(cost, 6),
+        cassette_sha,
+        round(time.perf_counter() - started, 3),
+        limit.history,
+    )
 
 
 def _table_row(table: dict[str, list[Any]], result: Mapping[str, Any]) -> None:
     columns = {
         "index": result["index"],
         "inputs": json.dumps(result["inputs"], ensure_ascii=False, default=str),
-        "output": result["output"] if isinstance(result["output"], str) else json.dumps(result["output"], default=str),
+        "output": result["output"]
+        if isinstance(result["output"], str)
+        else json.dumps(result["output"], default=str),
         "expectations": json.dumps(result["expectations"], ensure_ascii=False, default=str),
         "latency": result["latency"],
         "token_usage": result["token_usage"],
@@ -435,7 +491,7 @@ def _table_row(table: dict[str, list[Any]], result: Mapping[str, Any]) -> None:
     count = len(table.get("index", []))
     for name, value in columns.items():
         table.setdefault(name, [None] * count).append(value)
-    for name, values in table.items():
+    for values in table.values():
         if len(values) == count:  # a score this row does not have
             values.append(None)
 

@@ -50,7 +50,8 @@ class Journal:
 
     def write(self, index: int, result: dict[str, Any]) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO rows VALUES (?, ?)", (index, json.dumps(result, ensure_ascii=False, default=str))
+            "INSERT OR REPLACE INTO rows VALUES (?, ?)",
+            (index, json.dumps(result, ensure_ascii=False, default=str)),
         )
 
     def results(self) -> Iterator[dict[str, Any]]:

@@ -33,12 +33,20 @@ class Project:
         pyproject = root / "pyproject.toml"
         if pyproject.is_file():
             try:
-                settings = tomllib.loads(pyproject.read_text()).get("tool", {}).get("chainkit", {})
-            except tomllib.TOMLDecodeError as exc:
+                document = tomllib.loads(pyproject.read_bytes().decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise UsageError(f"{pyproject} is not valid TOML ({exc}); fix it") from exc
+            tool = document.get("tool", {})
+            found = tool.get("chainkit", {}) if isinstance(tool, dict) else None
+            if not isinstance(found, dict):
+                raise UsageError(f'{pyproject}: [tool.chainkit] must be a table, e.g. chains = "src/chains"')
+            settings = found
 
         def folder(key: str) -> Path:
-            return root / str(settings.get(key, key))
+            value = settings.get(key, key)
+            if not isinstance(value, str):
+                raise UsageError(f"{pyproject}: tool.chainkit.{key} must be a folder path (a string)")
+            return root / value
 
         return cls(root, folder("chains"), folder("cassettes"), folder("datasets"))
 

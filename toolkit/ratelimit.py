@@ -9,6 +9,7 @@ successes in a row raise it by one, back up to the ceiling the user asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -38,8 +39,10 @@ def retry_after(error: BaseException) -> float | None:
         if headers is not None:
             for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
                 value = headers.get(name)
+                if value is None:
+                    continue
                 try:
-                    return float(value) * scale if value is not None else None
+                    return float(value) * scale
                 except ValueError:
                     continue
         seen = seen.__cause__ or seen.__context__
@@ -50,7 +53,7 @@ def backoff(attempt: int, hinted: float | None) -> float:
     """Seconds to wait before retry ``attempt`` (1-based): the hint, else jittered exponential."""
     if hinted is not None:
         return min(hinted, MAX_BACKOFF)
-    return min(0.25 * 2 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
+    return min(0.25 * 2.0 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
 
 
 class AdaptiveLimit:
@@ -70,10 +73,8 @@ class AdaptiveLimit:
             while self.in_flight >= self.limit or time.monotonic() < self._paused_until:
                 pause = self._paused_until - time.monotonic()
                 if pause > 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), pause)
-                    except TimeoutError:
-                        pass
                 else:
                     await self._changed.wait()
             self.in_flight += 1
@@ -94,8 +95,12 @@ class AdaptiveLimit:
     async def throttled(self, pause: float) -> None:
         async with self._changed:
             self._streak = 0
-            self._set(max(1, self.limit // 2))
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            now = time.monotonic()
+            # One burst of 429s (every request in flight hit at once) is one signal: halve once,
+            # not once per request; while paused, only the pause grows.
+            if now >= self._paused_until:
+                self._set(max(1, self.limit // 2))
+            self._paused_until = max(self._paused_until, now + pause)
 
     def _set(self, limit: int) -> None:
         self._streak = 0
@@ -107,5 +112,3 @@ class AdaptiveLimit:
 def is_retryable(error: BaseException) -> bool:
     status = status_of(error)
     return status in RETRIED_STATUSES
-
-

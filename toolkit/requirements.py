@@ -46,19 +46,30 @@ def _normalize(name: str) -> str:
 
 
 def distribution_of(module: str) -> str | None:
-    """The installed distribution that provides top-level ``module`` (``yaml`` -> ``PyYAML``)."""
-    candidates = _module_distributions().get(module)
-    if not candidates:
-        return None
+    """The installed distribution that provides ``module`` (``yaml`` -> ``PyYAML``,
+    ``google.protobuf`` -> ``protobuf``)."""
+    top = module.split(".")[0]
+    candidates = sorted(_module_distributions().get(top) or [])
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
     # mlflow is provided by mlflow, mlflow-skinny and mlflow-tracing: prefer the namesake.
     for candidate in candidates:
-        if _normalize(candidate) == _normalize(module):
+        if _normalize(candidate) == _normalize(top):
             return candidate
-    return sorted(candidates)[0]
+    # A namespace package (google, opentelemetry): the distribution that holds the submodule.
+    prefix = module.replace(".", "/")
+    for candidate in candidates:
+        try:
+            files = metadata.files(candidate) or []
+        except metadata.PackageNotFoundError:
+            continue
+        if any(str(file).startswith(prefix + "/") or str(file) == prefix + ".py" for file in files):
+            return candidate
+    return candidates[0]
 
 
 def imported_modules(path: Path) -> list[tuple[str, int]]:
-    """Top-level module names imported anywhere in ``path``, with the line of each."""
+    """Module names imported anywhere in ``path`` (dotted, as written), with the line of each."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
@@ -66,7 +77,7 @@ def imported_modules(path: Path) -> list[tuple[str, int]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+            found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 raise PackagingError(
@@ -75,7 +86,7 @@ def imported_modules(path: Path) -> list[tuple[str, int]]:
                     "(e.g. `from _shared import prompts`)"
                 )
             if node.module:
-                found.append((node.module.split(".")[0], node.lineno))
+                found.append((node.module, node.lineno))
     return found
 
 
@@ -103,9 +114,10 @@ def chain_dependencies(
             continue
         seen.add(current)
         for module, line in imported_modules(current):
-            if module in sys.stdlib_module_names or module == "__future__":
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top == "__future__":
                 continue
-            local = _local_module(module, chains_dir)
+            local = _local_module(top, chains_dir)
             if local is not None:
                 if local != chain_file:
                     code_paths.add(local)
@@ -114,7 +126,7 @@ def chain_dependencies(
             distribution = distribution_of(module)
             if distribution is None:
                 raise PackagingError(
-                    f"{current}:{line}: imports {module!r}, which no installed distribution "
+                    f"{current}:{line}: imports {top!r}, which no installed distribution "
                     f"provides: install it (and declare it in pyproject.toml) or remove the import"
                 )
             distributions.add(distribution)

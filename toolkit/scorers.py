@@ -100,11 +100,12 @@ def builtin_scorers() -> list[Any]:
 def _mlflow_judges() -> dict[str, type]:
     from mlflow.genai import scorers
 
-    return {
-        name: value
-        for name, value in vars(scorers).items()
-        if isinstance(value, type) and issubclass(value, scorers.Scorer) and value is not scorers.Scorer
-    }
+    found = {}
+    for name in dir(scorers):  # the judges are loaded lazily: not in vars() until asked for
+        value = getattr(scorers, name, None)
+        if isinstance(value, type) and issubclass(value, scorers.Scorer) and value is not scorers.Scorer:
+            found[name] = value
+    return found
 
 
 def load_scorer(spec: str) -> Any:
@@ -118,7 +119,13 @@ def load_scorer(spec: str) -> Any:
                 f"unknown scorer {spec!r}: pass module:function, or one of MLflow's judges "
                 f"({', '.join(sorted(judges))})"
             )
-        return judges[spec]()
+        try:
+            return judges[spec]()
+        except Exception as exc:
+            raise UsageError(
+                f"scorer {spec} needs arguments ({str(exc).splitlines()[0]}); build it in a module "
+                "of yours and pass module:name"
+            ) from exc
     module_name, _, attribute = spec.partition(":")
     try:
         found = getattr(importlib.import_module(module_name), attribute)
@@ -132,8 +139,8 @@ def load_scorer(spec: str) -> Any:
 
 
 def calls_an_llm(candidate: Any) -> bool:
-    """MLflow's built-in judges (and judges made with make_judge) call an LLM."""
-    return type(candidate).__name__ in _mlflow_judges() or hasattr(candidate, "model")
+    """MLflow's LLM judges carry the ``model`` they call (None: MLflow's default judge model)."""
+    return hasattr(candidate, "model")
 
 
 def resolve(specs: Sequence[str], *, offline: bool) -> list[Any]:
@@ -164,6 +171,12 @@ def score(scorers: Sequence[Any], inputs: Any, outputs: Any, expectations: dict[
     return values
 
 
+def _p90(ordered: list[float]) -> float:
+    if len(ordered) < 2:
+        return ordered[0] if ordered else 0.0
+    return statistics.quantiles(ordered, n=10, method="inclusive")[-1]
+
+
 class Aggregate:
     """Running aggregation of one score: mean, min, max, sum and variance in constant memory;
     the median and p90 keep the values, and only when asked for."""
@@ -178,7 +191,7 @@ class Aggregate:
         self.values: list[float] | None = [] if {"median", "p90"} & set(names) else None
 
     def add(self, value: Any) -> None:
-        if isinstance(value, bool) or isinstance(value, int | float):
+        if isinstance(value, bool | int | float):
             number = float(value)
         elif value in ("yes", "no"):  # MLflow judges answer yes/no
             number = 1.0 if value == "yes" else 0.0
@@ -204,6 +217,6 @@ class Aggregate:
             "sum": self.total,
             "variance": self._m2 / self.count,
             "median": statistics.median(ordered) if ordered else 0.0,
-            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0.0,
+            "p90": _p90(ordered),
         }
         return {name: float(computed[name]) for name in self.names}

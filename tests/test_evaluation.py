@@ -1,0 +1,419 @@
+"""Batch evaluation end to end: real chains, a real MLflow store, a fake OpenAI server on
+loopback injecting latency, 429 storms and 500s, and SIGKILL in the middle of a job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+from mlflow import MlflowClient
+from openai_server import Fault, OpenAIServer
+
+from toolkit.cassette import Cassette, file_sha256
+from toolkit.cli import cli
+from toolkit.evaluation import EvalOptions, evaluate
+from toolkit.journal import Journal
+from toolkit.project import Project
+
+LIVE_CHAIN = '''"""Answers with a live model: no client retries, so the evaluation runner's own are tested."""
+
+import mlflow
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_openai import ChatOpenAI
+
+INPUT_EXAMPLE = {"question": "warm up"}
+
+prompt = ChatPromptTemplate.from_messages([("user", "{question}")])
+llm = ChatOpenAI(model="gpt-4o-mini", base_url="https://api.openai.com/v1", max_retries=0)
+chain = prompt | llm | StrOutputParser()
+
+mlflow.models.set_model(chain)
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    shutil.copytree(ROOT / "chains", tmp_path / "chains", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "cassettes", tmp_path / "cassettes")
+    shutil.copytree(ROOT / "datasets", tmp_path / "datasets")
+    (tmp_path / "chains" / "live.py").write_text(LIVE_CHAIN)
+    return Project.at(tmp_path)
+
+
+def store(project: Project) -> str:
+    return f"sqlite:///{project.root / 'mlflow.db'}"
+
+
+def write_dataset(path: Path, questions: list[str], expected: str | None = None) -> Path:
+    with path.open("w") as out:
+        for question in questions:
+            row: dict[str, Any] = {"inputs": {"question": question}}
+            if expected:
+                row["expectations"] = {"expected_contains": expected}
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def journal_rows(project: Project, run_id: str) -> list[dict[str, Any]]:
+    with Journal(project.root / ".chainkit" / "runs" / f"{run_id}.sqlite") as journal:
+        return list(journal.results())
+
+
+# ------------------------------------------------------------------------ replayed, offline
+
+
+def test_replayed_evaluation_lands_where_mlflow_users_look(project: Project) -> None:
+    summary = evaluate(
+        project,
+        EvalOptions(
+            data=project.datasets_dir / "qa.jsonl", tracking_uri=store(project), aggregations=["mean", "min"]
+        ),
+        chain="qa",
+    )
+    assert (summary.rows, summary.errors, summary.replayed_rows, summary.live_rows) == (2, 0, 2, 0)
+    client = MlflowClient(tracking_uri=store(project))
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["contains/mean"] == 1.0 and run.data.metrics["contains/min"] == 1.0
+    assert run.data.metrics["regex/mean"] == 1.0 and run.data.metrics["rows"] == 2
+    assert run.data.metrics["token_usage/mean"] > 0 and "latency/mean" in run.data.metrics
+    assert run.data.tags["chainkit.cassette_sha256"] == file_sha256(project.cassette_for("qa"))
+    assert run.data.tags["chainkit.model_id"] == summary.model_id
+    # The metrics are attached to the evaluated LoggedModel too.
+    model = mlflow.get_logged_model(summary.model_id)
+    assert {m.key for m in model.metrics} >= {"contains/mean", "regex/mean"}
+    table = json.loads(Path(client.download_artifacts(summary.run_id, "eval_results_table.json")).read_text())
+    frame = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
+    assert list(frame["index"]) == [0, 1]
+    assert list(frame["replayed"]) == [True, True]
+    assert list(frame["score/contains"]) == [True, True]
+    assert "MLflow" in frame["output"][0]
+    every_row = Path(client.download_artifacts(summary.run_id, "eval_results.jsonl")).read_text().splitlines()
+    assert [json.loads(line)["index"] for line in every_row] == [0, 1]
+
+
+def test_failed_expectations_score_false_not_error(project: Project) -> None:
+    data = write_dataset(project.root / "d.jsonl", ["What is MLflow?"], expected="kubernetes")
+    summary = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="qa")
+    assert summary.errors == 0 and summary.metrics["contains/mean"] == 0.0
+
+
+def test_replay_miss_is_a_row_error_and_the_rest_go_on(project: Project) -> None:
+    data = write_dataset(
+        project.root / "d.jsonl", ["What is MLflow?", "Not recorded?", "What is a registered model?"]
+    )
+    summary = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="qa")
+    rows = journal_rows(project, summary.run_id)
+    assert summary.errors == 1 and summary.rows == 3
+    assert rows[1]["error"].startswith("ReplayMissError: no recorded response") and rows[0]["error"] is None
+    result = CliRunner().invoke(
+        cli,
+        ["--project", str(project.root), "eval", "qa", "--data", str(data), "--tracking-uri", store(project)],
+    )
+    assert result.exit_code == 1
+
+
+def test_model_uri_and_custom_scorer(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "myscorers.py").write_text(
+        "from mlflow.genai.scorers import scorer\n\n"
+        "@scorer\ndef short(outputs):\n    return len(outputs) < 500\n\n"
+        "def words(outputs, expectations):\n    return len(outputs.split())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    logged = runner.invoke(
+        cli,
+        [
+            "--project",
+            str(project.root),
+            "log",
+            "qa",
+            "--register",
+            "--alias",
+            "candidate",
+            "--tracking-uri",
+            store(project),
+        ],
+    )
+    assert logged.exit_code == 0, logged.output
+    result = runner.invoke(
+        cli,
+        [
+            "--project",
+            str(project.root),
+            "eval",
+            "--model-uri",
+            "models:/qa@candidate",
+            "--data",
+            str(project.datasets_dir / "qa.jsonl"),
+            "--scorer",
+            "myscorers:short",
+            "--scorer",
+            "myscorers:words",
+            "--aggregate",
+            "mean,max",
+            "--tracking-uri",
+            store(project),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["chain"] == "qa" and run["replayed_rows"] == 2
+    assert run["metrics"]["short/mean"] == 1.0 and run["metrics"]["words/max"] > 10
+
+
+def test_llm_judge_is_refused_offline_not_skipped(project: Project) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--project",
+            str(project.root),
+            "eval",
+            "qa",
+            "--scorer",
+            "Correctness",
+            "--tracking-uri",
+            store(project),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "scorer correctness calls an LLM judge" in result.stderr and "record mode 'none'" in result.stderr
+
+
+def test_all_evaluates_every_chain_with_a_dataset(project: Project) -> None:
+    result = CliRunner().invoke(
+        cli, ["--project", str(project.root), "eval", "--all", "--tracking-uri", store(project), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    runs = {run["chain"]: run for run in json.loads(result.stdout)["runs"]}
+    assert sorted(runs) == sorted(p.stem for p in (ROOT / "datasets").glob("*.jsonl"))
+    assert all(run["errors"] == 0 for run in runs.values())
+    assert runs["triage"]["metrics"]["exact_match/mean"] == 1.0
+    assert runs["extract"]["metrics"]["json_schema/mean"] == 1.0
+    assert "rows/s" not in result.stderr  # no progress bar off a terminal
+
+
+def test_resume_refuses_a_changed_dataset(project: Project) -> None:
+    data = write_dataset(project.root / "d.jsonl", ["What is MLflow?"])
+    summary = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="qa")
+    write_dataset(data, ["What is MLflow?", "What is a registered model?"])
+    with pytest.raises(Exception, match="changed since run"):
+        evaluate(
+            project, EvalOptions(data=data, tracking_uri=store(project), resume=summary.run_id), chain="qa"
+        )
+
+
+# ------------------------------------------------------------------------------------ live
+
+
+def test_live_rows_are_recorded_and_accounted(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = [f"question {n}" for n in range(12)]
+    data = write_dataset(project.root / "d.jsonl", questions, expected="Answer to")
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        summary = evaluate(
+            project,
+            EvalOptions(data=data, record_mode="new_episodes", concurrency=4, tracking_uri=store(project)),
+            chain="live",
+        )
+    assert (summary.live_rows, summary.replayed_rows, summary.errors) == (12, 0, 0)
+    assert summary.tokens > 0 and summary.cost_usd > 0
+    rows = journal_rows(project, summary.run_id)
+    assert [row["index"] for row in rows] == list(range(12))
+    assert all(row["live_calls"] == 1 and row["replayed"] is False for row in rows)
+    assert summary.cassette_sha256 == file_sha256(project.cassette_for("live"))
+    assert len(Cassette.load(project.cassette_for("live"))) >= 12
+    replayed = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="live")
+    assert (replayed.replayed_rows, replayed.live_rows, replayed.errors) == (12, 0, 0)
+
+
+def test_results_in_row_order_and_a_slow_row_stalls_nothing(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arrivals: dict[str, float] = {}
+
+    def responder(endpoint: str, body: dict[str, Any]) -> str:
+        question = body["messages"][-1]["content"]
+        arrivals[question] = time.monotonic()
+        if question == "slow":
+            time.sleep(1.5)
+        return f"Answer to: {question}"
+
+    questions = ["slow"] + [f"fast {n}" for n in range(30)]
+    data = write_dataset(project.root / "d.jsonl", questions)
+    with OpenAIServer(responder=responder) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        started = time.monotonic()
+        summary = evaluate(
+            project,
+            EvalOptions(data=data, record_mode="all", concurrency=4, tracking_uri=store(project)),
+            chain="live",
+        )
+    assert summary.errors == 0
+    # Every fast row reached the server while the slow one was still being answered.
+    assert max(arrivals[q] for q in questions[1:]) < arrivals["slow"] + 1.5
+    rows = journal_rows(project, summary.run_id)
+    assert [row["output"] for row in rows] == [f"Answer to: {q}" for q in questions]
+    assert rows[0]["latency"] >= 1.5 and time.monotonic() - started < 30
+
+
+def test_429_storm_backs_off_and_recovers(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_flight, peaks, lock = [0], [], threading.Lock()
+
+    def responder(endpoint: str, body: dict[str, Any]) -> str:
+        with lock:
+            in_flight[0] += 1
+            peaks.append(in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return "ok"
+
+    data = write_dataset(project.root / "d.jsonl", [f"q{n}" for n in range(60)])
+    storm = [Fault(429, retry_after=0.05)] * 12
+    with OpenAIServer(responder=responder) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        # Logging the chain first records its input example live; the storm starts after that.
+        evaluate(
+            project,
+            EvalOptions(
+                data=write_dataset(project.root / "warm.jsonl", ["warm up"]),
+                record_mode="new_episodes",
+                tracking_uri=store(project),
+            ),
+            chain="live",
+        )
+        server.add_faults(storm)
+        summary = evaluate(
+            project,
+            EvalOptions(data=data, record_mode="new_episodes", concurrency=8, tracking_uri=store(project)),
+            chain="live",
+        )
+    assert summary.errors == 0 and summary.rows == 60
+    history = summary.limit_history
+    assert history[0] == 8 and min(history) < 8  # backed off under the storm ...
+    assert history[-1] == 8  # ... and recovered
+    rows = journal_rows(project, summary.run_id)
+    assert sum(row["attempts"] > 1 for row in rows) >= 1
+
+
+def test_a_row_that_keeps_failing_is_recorded_and_the_job_exits_1(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def responder(endpoint: str, body: dict[str, Any]) -> str:
+        if body["messages"][-1]["content"] == "broken":
+            raise RuntimeError("upstream exploded")
+        return "fine"
+
+    data = write_dataset(project.root / "d.jsonl", ["a", "broken", "b"])
+    with OpenAIServer(responder=responder) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        result = CliRunner().invoke(
+            cli,
+            [
+                "--project",
+                str(project.root),
+                "eval",
+                "live",
+                "--data",
+                str(data),
+                "--record-mode",
+                "all",
+                "--tracking-uri",
+                store(project),
+                "--json",
+            ],
+        )
+    assert result.exit_code == 1
+    run = json.loads(result.stdout)["runs"][0]
+    rows = journal_rows(project, run["run_id"])
+    assert [row["error"] is None for row in rows] == [True, False, True]
+    assert "Error code: 500" in rows[1]["error"] and rows[1]["attempts"] == 6  # retried, then recorded
+
+
+# ----------------------------------------------------------------------- kill and resume
+
+
+def _spawn_eval(project: Project, data: Path, server: OpenAIServer, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CHAINKIT_RECORD_VIA": server.base_url.removesuffix("/v1")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "--project",
+            str(project.root),
+            "eval",
+            "live",
+            "--data",
+            str(data),
+            "--record-mode",
+            "new_episodes",
+            "--concurrency",
+            "4",
+            "--tracking-uri",
+            store(project),
+            "--json",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finished_rows(journal: Path) -> int:
+    try:
+        with sqlite3.connect(journal) as db:
+            return int(db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("kill_after", [1, 13])
+def test_sigkill_then_resume_completes_every_row_exactly_once(project: Project, kill_after: int) -> None:
+    questions = [f"question {n}" for n in range(30)]
+    data = write_dataset(project.root / "d.jsonl", questions)
+    runs = project.root / ".chainkit" / "runs"
+    with OpenAIServer(latency=0.05) as server:
+        process = _spawn_eval(project, data, server)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            journals = list(runs.glob("*.sqlite")) if runs.exists() else []
+            if journals and _finished_rows(journals[0]) >= kill_after:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        journal = journals[0]
+        run_id = journal.stem
+        finished = {row["inputs"]["question"] for row in Journal(journal).results()}
+        assert kill_after <= len(finished) < len(questions)
+        sent_before = len(server.requests)
+        resumed = _spawn_eval(project, data, server, "--resume", run_id)
+        out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err.decode()
+        summary = json.loads(out)["runs"][0]
+    assert summary["run_id"] == run_id and summary["rows"] == 30 and summary["skipped_rows"] == len(finished)
+    rows = journal_rows(project, run_id)
+    assert [row["index"] for row in rows] == list(range(30))  # every row exactly once
+    asked_again = [r.body["messages"][-1]["content"] for r in server.requests[sent_before:]]
+    assert not finished & set(asked_again)  # no API call repeated for a finished row
+    assert MlflowClient(tracking_uri=store(project)).get_run(run_id).info.status == "FINISHED"
