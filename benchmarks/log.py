@@ -10,8 +10,7 @@ from a temporary copy of chains/ and cassettes/, every LLM call replayed from th
      ``use_cassette(..., "none")``: MLflow infers the requirements in a child Python process, which
      the in-process replay does not reach. Its warnings and the requirements.txt it wrote are kept.
 Each side runs in its own fresh subprocess (``--only A|B``), so both pay imports the same way; the
-order alternates each round (A,B; B,A; A,B) and medians over rounds are reported (the machine may
-be shared: the process CPU time is printed beside the wall time). Exit 0; --check: 1 on FAIL.
+order alternates each round (A,B; B,A; A,B); medians over rounds. Exit 0; --check: 1 on FAIL.
 """
 
 from __future__ import annotations

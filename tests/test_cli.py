@@ -368,7 +368,7 @@ def test_cassette_show(project: Path) -> None:
     assert row[5] == "yes"
 
     responses = invoke(project, "cassette", "show", str(project / "cassettes" / "summarize.json"))
-    (row,) = table_rows(responses.stdout)[1:-1]
+    row = table_rows(responses.stdout)[1]
     assert row[1] == "POST /v1/responses" and row[3].startswith("MLflow is an open-source platform")
 
 
