@@ -417,3 +417,37 @@ def test_sigkill_then_resume_completes_every_row_exactly_once(project: Project, 
     asked_again = [r.body["messages"][-1]["content"] for r in server.requests[sent_before:]]
     assert not finished & set(asked_again)  # no API call repeated for a finished row
     assert MlflowClient(tracking_uri=store(project)).get_run(run_id).info.status == "FINISHED"
+
+
+def test_trace_per_row_with_scores_attached(project: Project) -> None:
+    summary = evaluate(
+        project,
+        EvalOptions(data=project.datasets_dir / "qa.jsonl", tracking_uri=store(project), trace=True),
+        chain="qa",
+    )
+    rows = journal_rows(project, summary.run_id)
+    for row in rows:
+        trace = mlflow.get_trace(row["trace_id"])
+        assessments = {a.name: a.value for a in trace.info.assessments}
+        assert assessments == row["scores"] and assessments["contains"] is True
+        assert trace.info.request_metadata["mlflow.sourceRun"] == summary.run_id
+        assert len(trace.data.spans) > 1  # the chain's own spans nest under the row's
+    untraced = evaluate(
+        project, EvalOptions(data=project.datasets_dir / "qa.jsonl", tracking_uri=store(project)), chain="qa"
+    )
+    assert all(row["trace_id"] is None for row in journal_rows(project, untraced.run_id))
+
+
+def test_progress_line_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from toolkit.evaluation import Progress
+
+    row = {"error": None, "token_usage": 10, "cost_usd": 0.001}
+    shown = Progress(total=2, enabled=True)
+    shown.update(row)
+    shown.update({**row, "error": "boom"})
+    shown.finish()
+    line = capsys.readouterr().err
+    assert "2/2 rows" in line and "errors 1" in line and "tokens 20" in line and "~$0.0020" in line
+    quiet = Progress(total=2, enabled=False)
+    quiet.update(row)
+    assert capsys.readouterr().err == ""

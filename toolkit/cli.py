@@ -326,6 +326,7 @@ def log_command(
 @click.option(
     "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else the project's sqlite."
 )
+@click.option("--trace", is_flag=True, help="A trace per row (LangChain autologged), scores attached to it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 @reports_errors
@@ -344,6 +345,7 @@ def eval_command(
     cassette: Path | None,
     allow_hosts: tuple[str, ...],
     tracking_uri: str | None,
+    trace: bool,
     as_json: bool,
 ) -> None:
     """Evaluate CHAIN over a dataset: each row run, scored, and the results logged to MLflow."""
@@ -383,6 +385,7 @@ def eval_command(
             prices=table_prices,
             tracking_uri=tracking_uri,
             allow_hosts=allow_hosts,
+            trace=trace,
             progress=not as_json and sys.stderr.isatty(),
         )
         try:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class EvalOptions:
     tracking_uri: str | None = None
     allow_hosts: Sequence[str] = ()
     progress: bool = False
+    trace: bool = False  # a trace per row (LangChain autologged inside), scores attached
 
 
 @dataclass
@@ -131,18 +133,21 @@ class RowRunner:
         journal: Journal,
         prices: Mapping[str, tuple[float, float]],
         progress: Progress,
+        trace: bool = False,
     ) -> None:
+        self.trace = trace
         self.invoke, self.scorers, self.limit = invoke, scorers, limit
         self.journal, self.prices, self.progress = journal, prices, progress
 
     async def run(self, row: Row) -> None:
         exchanges: list[Exchange] = []
+        trace_id: str | None = None
         output: Any = None
         error: BaseException | None = None
         latency = 0.0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self.limit.slot():
-                with collect_exchanges() as made:
+                with collect_exchanges() as made, self._span(row) as span:
                     started = time.perf_counter()
                     try:
                         output, error = plain(await self.invoke(row.inputs)), None
@@ -151,6 +156,9 @@ class RowRunner:
                     except Exception as exc:
                         error = exc
                     latency = time.perf_counter() - started
+                    if span is not None:
+                        span.set_outputs(output)
+                        trace_id = span.trace_id
                 exchanges += made
             if error is None or not is_retryable(error) or attempt == MAX_ATTEMPTS:
                 break
@@ -185,9 +193,59 @@ class RowRunner:
             "live_calls": sum(not e.replayed for e in exchanges),
             "attempts": attempt,
             "error": None if error is None else f"{type(error).__name__}: {error}",
+            "trace_id": trace_id,
         }
         self.journal.write(row.index, result)
         self.progress.update(result)
+
+    def _span(self, row: Row) -> Any:
+        """A trace per row (with --trace): the chain's own spans nest under it."""
+        if not self.trace:
+            return contextlib.nullcontext()
+        import mlflow
+
+        span = mlflow.start_span(name=f"eval row {row.index}", span_type="CHAIN")
+        return _WithInputs(span, row.inputs)
+
+
+class _WithInputs:
+    def __init__(self, manager: Any, inputs: Any) -> None:
+        self.manager, self.inputs = manager, inputs
+
+    def __enter__(self) -> Any:
+        span = self.manager.__enter__()
+        span.set_inputs(self.inputs)
+        return span
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.manager.__exit__(*exc_info)
+
+
+@contextlib.contextmanager
+def _tracing(enabled: bool, model_id: str | None) -> Iterator[None]:
+    """With --trace: LangChain autologging on, traces linked to the evaluated model."""
+    if not enabled:
+        yield
+        return
+    import mlflow
+
+    mlflow.langchain.autolog()
+    if model_id:
+        mlflow.set_active_model(model_id=model_id)
+    try:
+        yield
+    finally:
+        mlflow.langchain.autolog(disable=True)
+
+
+def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
+    """Each score on the row's trace, as MLflow's evaluation attaches its feedback."""
+    import mlflow
+    from mlflow.entities import AssessmentSource
+
+    source = AssessmentSource(source_type="CODE", source_id="chainkit")
+    for name, value in scores.items():
+        mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
 
 
 async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, resume: bool) -> int:
@@ -353,9 +411,12 @@ def evaluate(
             _check_resume(journal, options, dataset_sha)
             progress = Progress(total, options.progress, done=journal.count())
             limit = AdaptiveLimit(options.concurrency)
-            with use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts):
+            with (
+                use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts),
+                _tracing(options.trace, target.model_id),
+            ):
                 invoke = target.load()
-                runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress)
+                runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress, options.trace)
                 rows = read_rows(options.data)
                 skipped = event_loop().run_until_complete(
                     run_rows(rows, runner, journal, options.resume is not None)
@@ -422,6 +483,8 @@ def _finish(
     rows = errors = replayed = live = tokens = 0
     cost = 0.0
     table: dict[str, list[Any]] | None = {} if journal.count() <= TABLE_ROW_LIMIT else None
+    if options.trace:
+        mlflow.flush_trace_async_logging()  # the rows' traces must exist before feedback on them
     with tempfile.TemporaryDirectory() as folder:
         every_row = Path(folder) / "eval_results.jsonl"
         with every_row.open("w", encoding="utf-8") as out:
@@ -437,6 +500,8 @@ def _finish(
                 for name, value in result["scores"].items():
                     aggregates.setdefault(name, Aggregate(options.aggregations)).add(value)
                 out.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
+                if result.get("trace_id"):
+                    _attach_assessments(result["trace_id"], result["scores"])
                 if table is not None:
                     _table_row(table, result)
         mlflow.log_artifact(str(every_row))
