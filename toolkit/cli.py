@@ -23,6 +23,21 @@ from toolkit.errors import ChainkitError, UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 RECORD_MODES = ["none", "once", "new_episodes", "all"]
 
+# Options several commands share, defined once so their names and help stay the same.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+record_mode_option = click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES),
+    default=None,
+    help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).",
+)
+allow_host_option = click.option(
+    "--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live (repeatable)."
+)
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else sqlite:///PROJECT/mlflow.db."
+)
+
 
 class Context:
     def __init__(self, project: str, debug: bool) -> None:
@@ -91,7 +106,7 @@ def cli(ctx: click.Context, project: str, debug: bool) -> None:
 
 
 @cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 @reports_errors
 def list_chains(obj: Context, as_json: bool) -> None:
@@ -149,20 +164,15 @@ def obj_exit(code: int) -> None:
 @click.argument("chain")
 @click.option("--input", "input_json", required=True, help="The chain's input, as JSON.")
 @click.option("--stream", is_flag=True, help="Print the output as it streams.")
-@click.option(
-    "--record-mode",
-    type=click.Choice(RECORD_MODES),
-    default=None,
-    help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).",
-)
+@record_mode_option
 @click.option(
     "--cassette",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Default: cassettes/CHAIN.json.",
 )
-@click.option("--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@allow_host_option
+@json_option
 @click.pass_obj
 @reports_errors
 def run(
@@ -214,16 +224,9 @@ def run(
 @click.option("--register", is_flag=True, help="Register a model version named after each chain.")
 @click.option("--alias", default=None, help="Move this alias to the new versions (needs --register).")
 @click.option("--force", is_flag=True, help="Log again even if an identical model is already logged.")
-@click.option(
-    "--record-mode",
-    type=click.Choice(RECORD_MODES),
-    default=None,
-    help="Default: $CHAINKIT_RECORD_MODE, else none (offline, from the cassettes).",
-)
-@click.option(
-    "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else sqlite:///PROJECT/mlflow.db."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@record_mode_option
+@tracking_uri_option
+@json_option
 @click.pass_obj
 @reports_errors
 def log_command(
@@ -289,12 +292,7 @@ def log_command(
 @click.option("--model-uri", default=None, help="Evaluate a logged model (models:/qa@candidate) instead.")
 @click.option("--all", "every", is_flag=True, help="Every chain that has a dataset under datasets/.")
 @click.option("--concurrency", type=int, default=None, help="Rows at a time (default 8).")
-@click.option(
-    "--record-mode",
-    type=click.Choice(RECORD_MODES),
-    default=None,
-    help="Default: $CHAINKIT_RECORD_MODE, else none (replayed, offline).",
-)
+@record_mode_option
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Finish an interrupted run.")
 @click.option(
     "--scorer",
@@ -322,12 +320,10 @@ def log_command(
     default=None,
     help="Recording for --model-uri (default: the one of the chain it was logged from).",
 )
-@click.option("--allow-host", "allow_hosts", multiple=True, help="A host that may be reached live.")
-@click.option(
-    "--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else the project's sqlite."
-)
+@allow_host_option
+@tracking_uri_option
 @click.option("--trace", is_flag=True, help="A trace per row (LangChain autologged), scores attached to it.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.pass_obj
 @reports_errors
 def eval_command(
@@ -424,7 +420,7 @@ def cassette() -> None:
 
 @cassette.command("show")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @reports_errors
 def cassette_show(path: Path, as_json: bool) -> None:
     """A table of PATH's interactions: endpoint, model, prompt, status, streamed, used."""
@@ -452,7 +448,7 @@ def cassette_show(path: Path, as_json: bool) -> None:
 
 @cassette.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @reports_errors
 def cassette_check(paths: tuple[Path, ...], as_json: bool) -> None:
     """Validate cassettes: they load, hold no secrets; report recordings no replay used."""
