@@ -1,17 +1,13 @@
-"""Batch evaluation speed and memory: `toolkit.evaluation.evaluate` vs the ideal, vs mlflow.genai.evaluate.
+"""Batch evaluation: toolkit.evaluation.evaluate vs the ideal and mlflow.genai.evaluate; memory.
+Usage: .venv/bin/python benchmarks/eval.py [--quick] [--check]  (exit 1 only with --check and a miss)
 
-    .venv/bin/python benchmarks/eval.py [--quick] [--check]
-
-The chain is ``ChatPromptTemplate | ChatOpenAI | StrOutputParser`` in a temporary project of its
-own (chains/, cassettes/, a sqlite MLflow store), answered by tests/openai_server.py running in
-a separate process (its threads do not compete for this process's GIL).
- (a) live: rows at 100 ms latency, concurrency 40, record mode all (CHAINKIT_RECORD_VIA); the row
-     phase (run_rows, timed by wrapping it) / ideal (rows x 0.1 s / 40); beside it the same rows
-     through mlflow.genai.evaluate (MLFLOW_GENAI_EVAL_MAX_WORKERS=40), in a subprocess;
- (b) replay: rows recorded once at 0 latency, replayed at concurrency 1, record mode none; the
-     row phase per row / one ``chain.invoke`` under ``use_cassette(path)`` in the same process;
- (c) memory: peak RSS of a replay evaluation in a fresh subprocess per dataset size.
-Exit code 0 always; with --check, 1 when a target is missed.
+A temporary project (chains/bench.py: ChatPromptTemplate | ChatOpenAI | StrOutputParser, cassettes/,
+a sqlite MLflow store); tests/openai_server.py answers from its own process (no GIL shared).
+ (a) live, 100 ms per call, concurrency 40, record mode all: row phase (run_rows, wrapped and timed)
+     / ideal (rows x 0.1 s / 40); beside it the totals, the bare chain.batch floor, and
+     mlflow.genai.evaluate (40 workers, in a subprocess; 200 rows if 400 take over 4 minutes);
+ (b) replay at concurrency 1, mode none: row phase per row / chain.invoke under use_cassette;
+ (c) memory: peak RSS of a replay evaluation, a fresh subprocess per dataset size.
 """
 
 from __future__ import annotations
@@ -29,27 +25,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from toolkit import evaluation, use_cassette
+from toolkit.loading import load_chain
+from toolkit.project import Project
+
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY, CONCURRENCY = 0.1, 40
 TARGET_LIVE, TARGET_REPLAY, TARGET_MEMORY = 1.3, 1.3, 1.15
 GENAI_TIMEOUT_S, GENAI_CAP = 240, 200
-BENCH_CHAIN = '''import mlflow
+BENCH_CHAIN = """import mlflow
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
 prompt = ChatPromptTemplate.from_messages([("system", "You are terse."), ("human", "{question}")])
-chain = prompt | ChatOpenAI(model="gpt-4o-mini", base_url="https://api.openai.com/v1", max_retries=0) | StrOutputParser()
+model = ChatOpenAI(model="gpt-4o-mini", base_url="https://api.openai.com/v1", max_retries=0)
+chain = prompt | model | StrOutputParser()
 mlflow.models.set_model(chain)
-'''
-ECHO_CHAIN = '''import mlflow
+"""
+ECHO_CHAIN = """import mlflow
 from langchain_core.runnables import RunnableLambda
 
 mlflow.models.set_model(RunnableLambda(lambda inputs: "Answer to: " + inputs["question"]))
-'''
-SERVER = ("import sys, threading; sys.path.insert(0, sys.argv[1]); from openai_server import OpenAIServer; "
-          "s = OpenAIServer(latency=float(sys.argv[2])).start(); print(s.base_url.removesuffix('/v1'), flush=True); "
-          "threading.Event().wait()")
+"""
+# The server process turns Nagle off on its sockets: with it on, an answer's header and body
+# writes meet the client's delayed ACK, and every call takes ~40 ms more than the set latency.
+SERVER = (
+    "import socketserver, sys, threading; sys.path.insert(0, sys.argv[1]); "
+    "socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
+    "from openai_server import OpenAIServer; s = OpenAIServer(latency=float(sys.argv[2])).start(); "
+    "print(s.base_url.removesuffix('/v1'), flush=True); threading.Event().wait()"
+)
+ROW = "  {:<58}{:>9}{:>9}{:>9}  {}"
 
 
 def question(i: int) -> str:
@@ -64,42 +71,31 @@ def make_project(folder: Path, source: str = BENCH_CHAIN) -> Path:
 
 
 def write_rows(path: Path, count: int, start: int = 0) -> Path:
+    expectations = {"expected_contains": "Answer"}
     with path.open("w") as out:
         for i in range(start, start + count):
-            out.write(json.dumps({"inputs": {"question": question(i)}, "expectations": {"expected_contains": "Answer"}})
-                      + "\n")
+            out.write(json.dumps({"inputs": {"question": question(i)}, "expectations": expectations}) + "\n")
     return path
 
 
 @contextmanager
-def fake_server(latency: float) -> Iterator[str]:
-    """tests/openai_server.py in its own process; yields its root URL."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), str(latency)],
-                            stdout=subprocess.PIPE, text=True)
+def recording_server(latency: float) -> Iterator[str]:
+    """tests/openai_server.py in its own process, with CHAINKIT_RECORD_VIA set to it; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(ROOT / "tests"), str(latency)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
+        os.environ["CHAINKIT_RECORD_VIA"] = via = proc.stdout.readline().strip()
+        yield via
     finally:
+        os.environ.pop("CHAINKIT_RECORD_VIA", None)
         proc.terminate()
         proc.wait()
 
 
-@contextmanager
-def env(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-
-
 def evaluate(folder: Path, data: Path, concurrency: int, mode: str) -> tuple[Any, float, float]:
-    """One toolkit evaluation; (summary, row-phase wall s, row-phase CPU s): run_rows is wrapped."""
-    from toolkit import evaluation
-    from toolkit.project import Project
-
+    """One toolkit evaluation: (summary, row-phase wall s, row-phase CPU s); run_rows is wrapped."""
     timed: list[tuple[float, float]] = []
     original = evaluation.run_rows
 
@@ -110,10 +106,14 @@ def evaluate(folder: Path, data: Path, concurrency: int, mode: str) -> tuple[Any
         finally:
             timed.append((time.perf_counter() - wall, time.process_time() - cpu))
 
-    evaluation.run_rows = run_rows  # type: ignore[assignment]
+    evaluation.run_rows = run_rows
     try:
-        options = evaluation.EvalOptions(data=data, concurrency=concurrency, record_mode=mode,
-                                         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+        options = evaluation.EvalOptions(
+            data=data,
+            concurrency=concurrency,
+            record_mode=mode,
+            tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        )
         summary = evaluation.evaluate(Project.at(folder), options, chain="bench")
     finally:
         evaluation.run_rows = original
@@ -122,10 +122,7 @@ def evaluate(folder: Path, data: Path, concurrency: int, mode: str) -> tuple[Any
 
 
 def invoke_replay(folder: Path, start: int, count: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per chain.invoke replayed from the bench cassette (benchmarks/replay.py's way)."""
-    from toolkit import use_cassette
-    from toolkit.loading import load_chain
-
+    """(wall, CPU) seconds per chain.invoke replayed from the cassette, as benchmarks/replay.py does."""
     chain = load_chain(folder / "chains" / "bench.py")
     with use_cassette(folder / "cassettes" / "bench.json", "none"):
         chain.invoke({"question": question(start)})  # warm
@@ -135,19 +132,23 @@ def invoke_replay(folder: Path, start: int, count: int) -> tuple[float, float]:
         return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
 
 
-# ----------------------------------------------------------------------- subprocess workers
+def batch_floor(folder: Path, rows: int, via: str) -> float:
+    """The chain alone: chain.batch under use_cassette(all); no runner, no scoring, no MLflow."""
+    chain = load_chain(folder / "chains" / "bench.py")
+    inputs = [{"question": question(700_000 + i)} for i in range(rows + CONCURRENCY)]
+    with use_cassette(folder / "cassettes" / "floor.json", "all", record_via=via):
+        chain.batch(inputs[rows:], config={"max_concurrency": CONCURRENCY})  # warm
+        started = time.perf_counter()
+        chain.batch(inputs[:rows], config={"max_concurrency": CONCURRENCY})
+        return time.perf_counter() - started
 
 
 def genai_worker(folder: Path, rows: int, via: str) -> None:
-    """mlflow.genai.evaluate over the same chain, rows and live server; prints its wall seconds."""
+    """mlflow.genai.evaluate over the same chain and live server; prints its wall seconds."""
     import mlflow
     from mlflow.genai.scorers import scorer
 
-    from toolkit import use_cassette
-    from toolkit.loading import load_chain
-
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    mlflow.set_experiment("genai-bench")
     chain = load_chain(folder / "chains" / "bench.py")
 
     @scorer
@@ -157,26 +158,32 @@ def genai_worker(folder: Path, rows: int, via: str) -> None:
     data = [{"inputs": {"question": question(10_000 + i)}} for i in range(rows)]
     with use_cassette(folder / "cassettes" / "genai.json", "all", record_via=via):
         started = time.perf_counter()
-        mlflow.genai.evaluate(data=data, predict_fn=lambda question: chain.invoke({"question": question}),
-                              scorers=[answered])
+        mlflow.genai.evaluate(
+            data=data, predict_fn=lambda question: chain.invoke({"question": question}), scorers=[answered]
+        )
         print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 def memory_worker(folder: Path, data: Path, concurrency: int) -> None:
-    import langchain_openai  # noqa: F401 - imports are not what is measured
+    import langchain_openai  # noqa: F401 - the imports are not what is measured
     import mlflow  # noqa: F401
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() // 1024  # RSS now
     summary, wall, _ = evaluate(folder, data, concurrency, "none")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_kb": peak, "before_kb": before, "rows": summary.rows, "seconds": wall}))
 
 
 def worker(*args: str, timeout: float | None = None) -> dict[str, Any] | None:
-    """Run this file as a worker; its JSON result, or None on a timeout."""
+    """Run this file as a worker: its JSON result, or None when it ran out of time (it is killed)."""
     try:
-        done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True,
-                              timeout=timeout, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
     except subprocess.TimeoutExpired:
         return None
     except subprocess.CalledProcessError as exc:
@@ -184,130 +191,151 @@ def worker(*args: str, timeout: float | None = None) -> dict[str, Any] | None:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-# --------------------------------------------------------------------------------- the runs
+def verdict(ok: bool, target: str) -> str:
+    return f"{target}  {'PASS' if ok else 'FAIL'}"
 
 
-def live(tmp: Path, rows: int) -> list[tuple[str, float, float, float]]:
-    folder = make_project(tmp / "live")
-    out: list[tuple[str, float, float, float]] = []
-    ideal = rows * LATENCY / CONCURRENCY
-    with fake_server(LATENCY) as via, env(CHAINKIT_RECORD_VIA=via):
-        evaluate(folder, write_rows(folder / "datasets" / "warm.jsonl", 1, 900_000), CONCURRENCY, "all")
-        one, _, _ = evaluate(folder, write_rows(folder / "datasets" / "one.jsonl", 1, 800_000), CONCURRENCY, "all")
-        summary, wall, _ = evaluate(folder, write_rows(folder / "datasets" / "live.jsonl", rows), CONCURRENCY, "all")
+def live(tmp: Path, rows: int) -> bool:
+    folder, ideal = make_project(tmp / "live"), rows * LATENCY / CONCURRENCY
+    warm, single, full = (
+        write_rows(folder / "datasets" / f"{name}.jsonl", n, at)
+        for name, n, at in (("warm", 1, 900_000), ("one", 1, 800_000), ("live", rows, 0))
+    )
+    with recording_server(LATENCY) as via:
+        evaluate(folder, warm, CONCURRENCY, "all")  # imports, first-call costs
+        one, one_rows, _ = evaluate(folder, single, CONCURRENCY, "all")
+        setup = one.seconds - one_rows  # a warm run's total less its row phase
+        summary, wall, _ = evaluate(folder, full, CONCURRENCY, "all")
         assert summary.live_rows == rows
-        out.append(("chainkit row phase (run_rows)", wall, ideal, wall / ideal))
-        out.append(("chainkit evaluate() total", summary.seconds, ideal, summary.seconds / ideal))
-        rest = summary.seconds - one.seconds
-        out.append((f"chainkit total - warm 1-row total ({one.seconds:.2f} s)", rest, ideal, rest / ideal))
-        genai_rows, timeout = rows, GENAI_TIMEOUT_S
-        result = worker("genai", str(folder), str(genai_rows), via, timeout=timeout)
+        lines: list[tuple[str, float, float]] = [  # label, wall seconds, ideal seconds
+            ("chainkit row phase (run_rows)", wall, ideal),
+            ("chainkit evaluate() total (EvalSummary.seconds)", summary.seconds, ideal),
+            (f"chainkit total - setup of a warm 1-row run ({setup:.2f} s)", summary.seconds - setup, ideal),
+            (f"floor: bare chain.batch, {CONCURRENCY} threads", batch_floor(folder, rows, via), ideal),
+        ]
+        genai_rows, result = rows, worker("genai", str(folder), str(rows), via, timeout=GENAI_TIMEOUT_S)
         if result is None:
-            out.append((f"mlflow.genai.evaluate, {rows} rows: killed", timeout, ideal, timeout / ideal))
+            lines.append((f"mlflow.genai.evaluate, {rows} rows: killed after", GENAI_TIMEOUT_S, ideal))
             genai_rows = min(rows, GENAI_CAP)
             result = worker("genai", str(folder), str(genai_rows), via)
         assert result is not None
-        ideal = genai_rows * LATENCY / CONCURRENCY
-        out.append((f"mlflow.genai.evaluate, {genai_rows} rows", result["seconds"], ideal, result["seconds"] / ideal))
-    return out
+        lines.append(
+            (
+                f"mlflow.genai.evaluate, {genai_rows} rows",
+                result["seconds"],
+                genai_rows * LATENCY / CONCURRENCY,
+            )
+        )
+    print(
+        f"(a) LIVE: {rows} distinct rows, fake OpenAI server in its own process, "
+        f"{LATENCY * 1e3:.0f} ms per call, concurrency {CONCURRENCY}, record mode all"
+    )
+    print(ROW.format("measurement", "wall s", "ideal s", "ratio", "target"))
+    for n, (label, seconds, best) in enumerate(lines):
+        target = verdict(wall / ideal <= TARGET_LIVE, f"<= {TARGET_LIVE}") if n == 0 else ""
+        print(ROW.format(label, f"{seconds:.2f}", f"{best:.2f}", f"{seconds / best:.2f}x", target))
+    return wall / ideal <= TARGET_LIVE
 
 
-def replay(tmp: Path, rows: int) -> dict[str, float]:
+def replay(tmp: Path, rows: int) -> bool:
     folder = make_project(tmp / "replay")
     data = write_rows(folder / "datasets" / "replay.jsonl", rows)
-    with fake_server(0.0) as via, env(CHAINKIT_RECORD_VIA=via):
+    with recording_server(0.0):
         evaluate(folder, data, CONCURRENCY, "all")  # record every row once
     sample = min(rows, 300)
     before = invoke_replay(folder, 0, sample)
     summary, wall, cpu = evaluate(folder, data, 1, "none")
     after = invoke_replay(folder, rows - sample, sample)
     assert summary.replayed_rows == rows
-    inv_wall, inv_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-    return {"row_wall": wall / rows, "row_cpu": cpu / rows, "inv_wall": inv_wall, "inv_cpu": inv_cpu,
-            "total": summary.seconds, "rows": rows}
+    row_cpu, row_wall = cpu / rows * 1e3, wall / rows * 1e3  # ms
+    invoke_cpu, invoke_wall = (before[1] + after[1]) * 500, (before[0] + after[0]) * 500  # ms, mean of both
+    ok = row_cpu / invoke_cpu <= TARGET_REPLAY
+    print(
+        f"\n(b) REPLAY: {rows} rows, concurrency 1, record mode none, a cassette of {rows} interactions "
+        f"(evaluate total {summary.seconds:.2f} s)"
+    )
+    print(ROW.format("measurement", "cpu ms", "wall ms", "", ""))
+    print(ROW.format("per row: evaluate's row phase (run_rows)", f"{row_cpu:.3f}", f"{row_wall:.3f}", "", ""))
+    print(
+        ROW.format(
+            "per chain.invoke under use_cassette, same process",
+            f"{invoke_cpu:.3f}",
+            f"{invoke_wall:.3f}",
+            "",
+            "",
+        )
+    )
+    ratios = f"{row_cpu / invoke_cpu:.3f}x", f"{row_wall / invoke_wall:.3f}x"
+    print(ROW.format("ratio row / invoke", *ratios, "", verdict(ok, f"cpu <= {TARGET_REPLAY}")))
+    return ok
 
 
-def memory(tmp: Path, kind: str, sizes: tuple[int, int], concurrency: int) -> list[dict[str, Any]]:
+def memory(tmp: Path, kind: str, sizes: tuple[int, int], concurrency: int) -> bool:
     folder = make_project(tmp / f"memory-{kind}", ECHO_CHAIN if kind == "echo" else BENCH_CHAIN)
-    if kind == "llm":  # one cassette holding the larger size's interactions, used by both sizes
-        with fake_server(0.0) as via, env(CHAINKIT_RECORD_VIA=via):
+    if kind == "llm":  # one cassette of the larger size's interactions, used by both sizes
+        with recording_server(0.0):
             evaluate(folder, write_rows(folder / "datasets" / "one.jsonl", 1), 1, "all")
-        document = json.loads((folder / "cassettes" / "bench.json").read_text())
+        path = folder / "cassettes" / "bench.json"
+        document = json.loads(path.read_text())
         text = json.dumps(document["interactions"][0])
-        document["interactions"] = [json.loads(text.replace(question(0), question(i))) for i in range(sizes[1])]
-        (folder / "cassettes" / "bench.json").write_text(json.dumps(document))
-    results = []
+        document["interactions"] = [
+            json.loads(text.replace(question(0), question(i))) for i in range(sizes[1])
+        ]
+        path.write_text(json.dumps(document))
+    peaks = []
     for size in sizes:
         data = write_rows(folder / "datasets" / f"rows-{size}.jsonl", size)
-        result = worker("memory", str(folder), str(data), str(concurrency))
-        assert result is not None and result["rows"] == size
-        results.append(result)
-    return results
+        m = worker("memory", str(folder), str(data), str(concurrency))
+        assert m is not None and m["rows"] == size
+        peaks.append(m["peak_kb"])
+        label = f"{kind} chain, {size:,} rows" + (f", cassette {sizes[1]:,}" if kind == "llm" else "")
+        grew, rate = (m["peak_kb"] - m["before_kb"]) / 1024, size / m["seconds"]
+        print(ROW.format(label, f"{m['peak_kb'] / 1024:.0f}", f"{grew:.0f}", f"{rate:.0f}", ""))
+    ratio = float(peaks[1] / peaks[0])
+    print(
+        ROW.format(
+            f"{kind}: peak {sizes[1]:,} / peak {sizes[0]:,}",
+            f"{ratio:.3f}x",
+            "",
+            "",
+            verdict(ratio <= TARGET_MEMORY, f"<= {TARGET_MEMORY}"),
+        )
+    )
+    return ratio <= TARGET_MEMORY
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer rows (smoke test, < 90 s)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # genai|memory and its 3 arguments
     args = parser.parse_args(argv)
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     os.environ["MLFLOW_GENAI_EVAL_MAX_WORKERS"] = str(CONCURRENCY)
-    if args.worker:
-        kind, *rest = args.worker
+    if args.worker:  # genai FOLDER ROWS URL, or memory FOLDER DATA CONCURRENCY
+        kind, folder, a, b = args.worker
         if kind == "genai":
-            genai_worker(Path(rest[0]), int(rest[1]), rest[2])
+            genai_worker(Path(folder), int(a), b)
         else:
-            memory_worker(Path(rest[0]), Path(rest[1]), int(rest[2]))
+            memory_worker(Path(folder), Path(a), int(b))
         return 0
-    live_rows, replay_rows = (100, 300) if args.quick else (400, 2_000)
-    echo_sizes, llm_sizes = ((1_000, 10_000), None) if args.quick else ((1_000, 100_000), (1_000, 20_000))
-    checks: list[bool] = []
-    started = time.perf_counter()
+    quick, started = args.quick, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chainkit-eval-bench-") as name:
         tmp = Path(name)
-        lines = live(tmp, live_rows)
-        print(f"(a) LIVE: {live_rows} distinct rows, fake OpenAI server ({LATENCY * 1e3:.0f} ms per call, own "
-              f"process), concurrency {CONCURRENCY}, record mode all")
-        row = "  {:<58}{:>9}{:>9}{:>9}  {}"
-        print(row.format("measurement", "wall s", "ideal s", "ratio", "target"))
-        for n, (label, seconds, ideal, ratio) in enumerate(lines):
-            ok = ratio <= TARGET_LIVE
-            if n == 0:
-                checks.append(ok)
-            verdict = f"<= {TARGET_LIVE}  {'PASS' if ok else 'FAIL'}" if n == 0 else ""
-            print(row.format(label, f"{seconds:.2f}", f"{ideal:.2f}", f"{ratio:.2f}x", verdict))
-        r = replay(tmp, replay_rows)
-        ratio_cpu, ratio_wall = r["row_cpu"] / r["inv_cpu"], r["row_wall"] / r["inv_wall"]
-        checks.append(ratio_cpu <= TARGET_REPLAY)
-        print(f"\n(b) REPLAY: {replay_rows} rows, concurrency 1, record mode none, cassette of {replay_rows} "
-              f"interactions (evaluate total {r['total']:.2f} s)")
-        print(row.format("measurement", "cpu ms", "wall ms", "", ""))
-        print(row.format("per row, evaluate row phase (run_rows)", f"{r['row_cpu'] * 1e3:.3f}",
-                         f"{r['row_wall'] * 1e3:.3f}", "", ""))
-        print(row.format("per chain.invoke under use_cassette (same process)", f"{r['inv_cpu'] * 1e3:.3f}",
-                         f"{r['inv_wall'] * 1e3:.3f}", "", ""))
-        print(row.format("ratio row / invoke (cpu; wall)", f"{ratio_cpu:.3f}x", f"{ratio_wall:.3f}x", "",
-                         f"cpu <= {TARGET_REPLAY}  {'PASS' if checks[-1] else 'FAIL'}"))
-        print(f"\n(c) MEMORY: peak RSS (ru_maxrss) of a replay evaluation, a fresh subprocess per size")
-        print(row.format("measurement", "peak MB", "grew MB", "rows/s", ""))
-        for kind, sizes, concurrency in (("echo", echo_sizes, 8), ("llm", llm_sizes, CONCURRENCY)):
-            if sizes is None:
-                continue
-            small, large = memory(tmp, kind, sizes, concurrency)
-            for size, m in zip(sizes, (small, large), strict=True):
-                label = f"{kind} chain, {size:,} rows" + (" (cassette of 20,000)" if kind == "llm" else "")
-                print(row.format(label, f"{m['peak_kb'] / 1024:.0f}", f"{(m['peak_kb'] - m['before_kb']) / 1024:.0f}",
-                                 f"{size / m['seconds']:.0f}", ""))
-            ratio = large["peak_kb"] / small["peak_kb"]
-            checks.append(ratio <= TARGET_MEMORY)
-            print(row.format(f"{kind}: peak {sizes[1]:,} / peak {sizes[0]:,}", f"{ratio:.3f}x", "", "",
-                             f"<= {TARGET_MEMORY}  {'PASS' if checks[-1] else 'FAIL'}"))
-    failed = not all(checks)
-    print(f"\nnotes: grew = peak RSS minus RSS after importing toolkit.evaluation. {time.perf_counter() - started:.0f} s "
-          f"in all; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.\noverall: "
-          f"{'FAIL' if failed else 'PASS'}")
-    return 1 if args.check and failed else 0
+        checks = [live(tmp, 100 if quick else 400), replay(tmp, 300 if quick else 2_000)]
+        print("\n(c) MEMORY: peak RSS (ru_maxrss) of a replay evaluation, a fresh subprocess per size")
+        print(ROW.format("measurement", "peak MB", "+imp MB", "rows/s", ""))
+        checks.append(memory(tmp, "echo", (1_000, 10_000 if quick else 100_000), 8))
+        if not quick:
+            checks.append(memory(tmp, "llm", (1_000, 20_000), CONCURRENCY))
+    print(
+        f"\nnotes: +imp MB = peak RSS above the RSS after importing mlflow and langchain_openai. "
+        f"{time.perf_counter() - started:.0f} s in all;\n  load average {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} CPUs. overall: {'PASS' if all(checks) else 'FAIL'}"
+    )
+    return 1 if args.check and not all(checks) else 0
 
 
 if __name__ == "__main__":

@@ -88,8 +88,15 @@ def run_chainkit(root: Path, store: str) -> Result:
     results = log_chains(Project.at(root), record_mode="none", tracking_uri=store)
     total = time.perf_counter() - started
     empty = {"inference": "", "child_seconds": 0.0}
-    chains = {r.name: {**empty, "seconds": r.seconds, "error": r.error,
-                       "requirements": requirements_of(r.model_uri) if r.model_uri else []} for r in results}
+    chains = {
+        r.name: {
+            **empty,
+            "seconds": r.seconds,
+            "error": r.error,
+            "requirements": requirements_of(r.model_uri) if r.model_uri else [],
+        }
+        for r in results
+    }
     return {"total": total, "chains": chains}
 
 
@@ -136,8 +143,13 @@ def run_plain(root: Path, store: str) -> Result:
             error = f"{type(exc).__name__}: {exc}"[:200]
         seconds = time.perf_counter() - began
         logging.getLogger("mlflow").removeHandler(records)
-        chains[spec.name] = {"seconds": seconds, "error": error, "child_seconds": sum(child_seconds),
-                             "inference": inference_outcome(records.messages), "uri": info and info.model_uri}
+        chains[spec.name] = {
+            "seconds": seconds,
+            "error": error,
+            "child_seconds": sum(child_seconds),
+            "inference": inference_outcome(records.messages),
+            "uri": info and info.model_uri,
+        }
     total = time.perf_counter() - started
     for chain in chains.values():  # read back after the timing, as for chainkit
         chain["requirements"] = requirements_of(chain.pop("uri")) if chain["uri"] else []
@@ -189,8 +201,10 @@ def side_by_side(name: str, a: list[str], b: list[str]) -> None:
 
 def report(a_runs: list[Result], b_runs: list[Result]) -> str:
     names = list(a_runs[0]["chains"])
-    print(f"\nLogging {len(names)} chains, each side in a fresh process and store, under replay; "
-          f"{len(a_runs)} round(s), medians.")
+    print(
+        f"\nLogging {len(names)} chains, each side in a fresh process and store, under replay; "
+        f"{len(a_runs)} round(s), medians."
+    )
     print(f"{'chain':<14}{'chainkit s':>11}{'plain s':>9}{'ratio':>7}{'child s':>9}  plain's inference")
     for name in names:
         a, b = per_chain(a_runs, name), per_chain(b_runs, name)
@@ -205,14 +219,18 @@ def report(a_runs: list[Result], b_runs: list[Result]) -> str:
         label = label.format(first=names[0], others=len(names) - 1)
         print(f"{label}: chainkit {sa[key]:.2f} s, plain {sb[key]:.2f} s, ratio {sa[key] / sb[key]:.3f}")
     networked = [n for n in names if "DNS" in b_runs[0]["chains"][n]["inference"]]
-    for label, group in (("called the network (DNS failed, openai retried)", networked),
-                         ("made no network call", [n for n in names if n not in networked])):
+    for label, group in (
+        ("called the network (DNS failed, openai retried)", networked),
+        ("made no network call", [n for n in names if n not in networked]),
+    ):
         child = median(per_chain(b_runs, n, "child_seconds") for n in group) if group else 0
         print(f"plain's inference child process, {len(group)} chains that {label}: median {child:.2f} s")
     ratio = sa["total"] / sb["total"]
     verdict = "PASS" if ratio <= TARGET else "FAIL"
-    print(f"TOTAL (import mlflow + store + all chains): chainkit {sa['total']:.2f} s, "
-          f"plain {sb['total']:.2f} s, chainkit/plain = {ratio:.3f} (target <= {TARGET}): {verdict}")
+    print(
+        f"TOTAL (import mlflow + store + all chains): chainkit {sa['total']:.2f} s, "
+        f"plain {sb['total']:.2f} s, chainkit/plain = {ratio:.3f} (target <= {TARGET}): {verdict}"
+    )
     print("\nRequirements written (the logged model's requirements.txt): chainkit | plain")
     for name in (n for n in SHOWN if n in names):
         side_by_side(name, *(runs[0]["chains"][name]["requirements"] for runs in (a_runs, b_runs)))

@@ -94,8 +94,12 @@ def record_cassettes(folder: Path) -> tuple[dict[int, Path], Path]:
             request.uri = request.uri.replace(root, "https://api.openai.com")
             return request
 
-        recorder = vcr.VCR(serializer="json", record_mode="once", before_record_request=rewrite,
-                           filter_headers=["authorization"])
+        recorder = vcr.VCR(
+            serializer="json",
+            record_mode="once",
+            before_record_request=rewrite,
+            filter_headers=["authorization"],
+        )
         live_chain = make_chain(base_url=server.base_url)
         with recorder.use_cassette(str(live_vcr)):
             for i in range(RECORDED_LIVE):
@@ -204,19 +208,32 @@ def main(argv: list[str] | None = None) -> int:
             return rng.choices(range(n), k=need)
 
         replayer = vcr.VCR(serializer="json", record_mode="none", match_on=["method", "uri", "body"])
-        cases = [Case("floor", floor_chain(template.chunks()[0], dict(template.headers)), nothing,
-                      spread(10), expect_prompt_answer=False)]
+        cases = [
+            Case(
+                "floor",
+                floor_chain(template.chunks()[0], dict(template.headers)),
+                nothing,
+                spread(10),
+                expect_prompt_answer=False,
+            )
+        ]
         replay_chain = make_chain()  # default client: the transport chainkit and vcrpy patch
         for size in SIZES:
-            cases.append(Case(f"chainkit@{size}", replay_chain,
-                              functools.partial(use_cassette, paths[size], "none"), spread(size)))
+            cases.append(
+                Case(
+                    f"chainkit@{size}",
+                    replay_chain,
+                    functools.partial(use_cassette, paths[size], "none"),
+                    spread(size),
+                )
+            )
         vcr_context = functools.partial(replayer.use_cassette, str(vcr_path), allow_playback_repeats=True)
         cases.append(Case(f"vcrpy@{VCR_SIZE}", replay_chain, vcr_context, spread(VCR_SIZE)))
 
         for case in cases:  # warm up: imports, caches, first-call costs
             case.run(3 if case.name.startswith("vcrpy") else 20, record=False)
         for r in range(rounds):
-            order = cases[r % len(cases):] + cases[: r % len(cases)]
+            order = cases[r % len(cases) :] + cases[: r % len(cases)]
             for case in order:
                 case.run(vcr_per_round if case.name.startswith("vcrpy") else per_round)
         plain_loads = [time_load(paths[10_000]) for _ in range(3)]  # breakdown of (d), not interleaved
@@ -226,8 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, cases, loads, plain_loads, size_mb, rounds, per_round, vcr_per_round)
 
 
-def report(args: argparse.Namespace, cases: list[Case], loads: list[tuple[float, float]],
-           plain_loads: list[float], size_mb: float, rounds: int, per_round: int, vcr_per_round: int) -> int:
+def report(
+    args: argparse.Namespace,
+    cases: list[Case],
+    loads: list[tuple[float, float]],
+    plain_loads: list[float],
+    size_mb: float,
+    rounds: int,
+    per_round: int,
+    vcr_per_round: int,
+) -> int:
     """Print the table; the exit code (1 only with --check and a missed target)."""
     by_name = {case.name: case for case in cases}
 
@@ -240,42 +265,80 @@ def report(args: argparse.Namespace, cases: list[Case], loads: list[tuple[float,
 
     vcr_version = metadata.version("vcrpy")
     line = "{:<48}{:>9}{:>9}  {:<25}{:<10}{}"
-    print(f"chainkit replay benchmark: ChatPromptTemplate | ChatOpenAI | StrOutputParser, sync invoke; "
-          f"{rounds} interleaved rounds x {per_round} invokes ({vcr_per_round} for vcrpy)")
-    print("cpu = process CPU time per invoke, median of rounds; ratio = median over rounds of that round's "
-          "cpu ratio; wall = wall-clock median")
+    print(
+        f"chainkit replay benchmark: ChatPromptTemplate | ChatOpenAI | StrOutputParser, sync invoke; "
+        f"{rounds} interleaved rounds x {per_round} invokes ({vcr_per_round} for vcrpy)"
+    )
+    print(
+        "cpu = process CPU time per invoke, median of rounds; ratio = median over rounds of that round's "
+        "cpu ratio; wall = wall-clock median"
+    )
     print(line.format("measurement", "cpu ms", "wall ms", "ratio", "target", "result"))
-    print(line.format("(a) floor: httpx2.MockTransport, fixed body", f"{ms('floor'):.3f}",
-                      f"{ms('floor', 1):.3f}", "1.000x (a)/(a)", "", ""))
+    print(
+        line.format(
+            "(a) floor: httpx2.MockTransport, fixed body",
+            f"{ms('floor'):.3f}",
+            f"{ms('floor', 1):.3f}",
+            "1.000x (a)/(a)",
+            "",
+            "",
+        )
+    )
     checks: list[bool] = []
     for size in SIZES:
         name, value = f"chainkit@{size}", ratio(f"chainkit@{size}", "floor")
         checks.append(value <= TARGET_RATIO)
-        print(line.format(f"(b) chainkit replay, {size:,} interactions", f"{ms(name):.3f}",
-                          f"{ms(name, 1):.3f}", f"{value:.3f}x (b)/(a)", f"<= {TARGET_RATIO}",
-                          verdict(checks[-1])))
+        print(
+            line.format(
+                f"(b) chainkit replay, {size:,} interactions",
+                f"{ms(name):.3f}",
+                f"{ms(name, 1):.3f}",
+                f"{value:.3f}x (b)/(a)",
+                f"<= {TARGET_RATIO}",
+                verdict(checks[-1]),
+            )
+        )
     name, value = f"vcrpy@{VCR_SIZE}", ratio(f"vcrpy@{VCR_SIZE}", f"chainkit@{VCR_SIZE}")
     checks.append(value >= TARGET_VCR)
-    print(line.format(f"(c) vcrpy {vcr_version} replay, {VCR_SIZE:,} interactions", f"{ms(name):.2f}",
-                      f"{ms(name, 1):.2f}", f"{value:.1f}x (c)/(b@1000)", f">= {TARGET_VCR:.0f}",
-                      verdict(checks[-1])))
+    print(
+        line.format(
+            f"(c) vcrpy {vcr_version} replay, {VCR_SIZE:,} interactions",
+            f"{ms(name):.2f}",
+            f"{ms(name, 1):.2f}",
+            f"{value:.1f}x (c)/(b@1000)",
+            f">= {TARGET_VCR:.0f}",
+            verdict(checks[-1]),
+        )
+    )
     load_cpu, load_wall = (statistics.median(load[kind] for load in loads) for kind in (0, 1))
     checks.append(load_cpu < TARGET_LOAD_S)
     plain_ms = statistics.median(plain_loads) * 1e3
-    print(line.format("(d) enter use_cassette, 10,000 interactions", f"{load_cpu * 1e3:.0f} ms",
-                      f"{load_wall * 1e3:.0f} ms", f"Cassette.load {plain_ms:.0f} ms",
-                      f"< {TARGET_LOAD_S * 1e3:.0f} ms", verdict(checks[-1])))
-    print(f"notes: (d) is timed as each round enters the {size_mb:.1f} MB cassette of (b@10000); "
-          "Cassette.load alone is a median of 3\n  after the rounds. Loading is outside the per-invoke "
-          f"timing of (b) and (c). Load average at the end: {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs.")
-    print(f"  (c) is vcrpy at the same layer as (b): vcrpy {vcr_version} patches "
-          "httpx2.HTTPTransport.handle_request itself\n  (vcr/patch.py, patcher 'httpx2'), so the same "
-          "chain and default client run unchanged; JSON cassette,\n  record_mode none, "
-          "allow_playback_repeats=True.")
+    print(
+        line.format(
+            "(d) enter use_cassette, 10,000 interactions",
+            f"{load_cpu * 1e3:.0f} ms",
+            f"{load_wall * 1e3:.0f} ms",
+            f"Cassette.load {plain_ms:.0f} ms",
+            f"< {TARGET_LOAD_S * 1e3:.0f} ms",
+            verdict(checks[-1]),
+        )
+    )
+    print(
+        f"notes: (d) is timed as each round enters the {size_mb:.1f} MB cassette of (b@10000); "
+        "Cassette.load alone is a median of 3\n  after the rounds. Loading is outside the per-invoke "
+        f"timing of (b) and (c). Load average at the end: {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs."
+    )
+    print(
+        f"  (c) is vcrpy at the same layer as (b): vcrpy {vcr_version} patches "
+        "httpx2.HTTPTransport.handle_request itself\n  (vcr/patch.py, patcher 'httpx2'), so the same "
+        "chain and default client run unchanged; JSON cassette,\n  record_mode none, "
+        "allow_playback_repeats=True."
+    )
     failed = not all(checks)
     print(f"overall: {'FAIL' if failed else 'PASS'}")
     return 1 if args.check and failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -273,6 +273,9 @@ class CassetteSession:
 
     # Handling one request -----------------------------------------------------------------------
 
+    def _replays_anything(self) -> bool:
+        return self.replays or len(_sessions) > 1
+
     def _replay(self, request: httpx.Request) -> httpx.Response:
         """This cassette's answer, else that of an enclosing cassette still active."""
         try:
@@ -291,10 +294,13 @@ class CassetteSession:
         module = _module_of(request)
         if request.url.host.lower() in self.allow_hosts:
             return send(request)
-        try:
-            return _native_response(module, self._replay(_to_httpx(request, request.read())))
-        except _UnrecordedError as unrecorded:
-            sent: RecordedRequest = unrecorded.args[0]
+        if not self._replays_anything():  # record mode all: nothing to look up
+            sent = recorded_request(_to_httpx(request, request.read()))
+        else:
+            try:
+                return _native_response(module, self._replay(_to_httpx(request, request.read())))
+            except _UnrecordedError as unrecorded:
+                sent = unrecorded.args[0]
         if not self.records:
             raise self.miss(sent) from None
         live = send(self._upstream(module, request))
@@ -309,11 +315,14 @@ class CassetteSession:
         module = _module_of(request)
         if request.url.host.lower() in self.allow_hosts:
             return await send(request)
-        try:
-            content = await request.aread()
-            return _native_response(module, self._replay(_to_httpx(request, content)))
-        except _UnrecordedError as unrecorded:
-            sent: RecordedRequest = unrecorded.args[0]
+        content = await request.aread()
+        if not self._replays_anything():  # record mode all: nothing to look up
+            sent = recorded_request(_to_httpx(request, content))
+        else:
+            try:
+                return _native_response(module, self._replay(_to_httpx(request, content)))
+            except _UnrecordedError as unrecorded:
+                sent = unrecorded.args[0]
         if not self.records:
             raise self.miss(sent) from None
         live = await send(self._upstream(module, request))
@@ -329,9 +338,10 @@ class CassetteSession:
         if not self.record_via:
             return request
         via = urlsplit(self.record_via)
-        url = request.url.copy_with(scheme=via.scheme, host=via.hostname, port=via.port)
-        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
-        return module.Request(request.method, url, headers=headers, content=request.content)
+        # In place: rebuilding the request cost ~0.2 ms a call, in a path that is CPU-bound.
+        request.url = request.url.copy_with(scheme=via.scheme, host=via.hostname, port=via.port)
+        request.headers["host"] = via.netloc
+        return request
 
     def _tee(self, module: ModuleType, live: Any, sent: RecordedRequest) -> Any:
         """Pass a live stream through as it arrives; record its events once it has ended."""
