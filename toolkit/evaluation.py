@@ -206,27 +206,17 @@ class RowRunner:
             return self.invoke(inputs)
         return await asyncio.to_thread(self.invoke, inputs)
 
-    def _span(self, row: Row) -> Any:
+    @contextlib.contextmanager
+    def _span(self, row: Row) -> Iterator[Any]:
         """A trace per row (with --trace): the chain's own spans nest under it."""
         if not self.trace:
-            return contextlib.nullcontext()
+            yield None
+            return
         import mlflow
 
-        span = mlflow.start_span(name=f"eval row {row.index}", span_type="CHAIN")
-        return _WithInputs(span, row.inputs)
-
-
-class _WithInputs:
-    def __init__(self, manager: Any, inputs: Any) -> None:
-        self.manager, self.inputs = manager, inputs
-
-    def __enter__(self) -> Any:
-        span = self.manager.__enter__()
-        span.set_inputs(self.inputs)
-        return span
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        return self.manager.__exit__(*exc_info)
+        with mlflow.start_span(name=f"eval row {row.index}", span_type="CHAIN") as span:
+            span.set_inputs(row.inputs)
+            yield span
 
 
 @contextlib.contextmanager

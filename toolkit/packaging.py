@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import __version__
 from toolkit.cassette import Cassette, file_sha256
 from toolkit.discovery import ChainSpec, Flavor, Problem, discover
 from toolkit.errors import ChainkitError, UsageError
@@ -68,8 +70,6 @@ class LogResult:
 
 def tracking_uri_for(project: Project, explicit: str | None = None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's embedded sqlite store."""
-    import os
-
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.root / 'mlflow.db'}"
 
 
@@ -130,8 +130,6 @@ def _files_of(paths: Iterable[Path]) -> list[Path]:
 
 def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path) -> str:
     """Changes whenever anything that goes into the logged model changes."""
-    from toolkit import __version__
-
     digest = hashlib.sha256()
     for file in [
         spec.path,
@@ -230,7 +228,7 @@ def log_chain(
             f"{TAG_PREFIX}chain_sha256": file_sha256(spec.path),
             f"{TAG_PREFIX}cassette_sha256": file_sha256(cassette_path) or "none",
             f"{TAG_PREFIX}fingerprint": fingerprint_value,
-            f"{TAG_PREFIX}version": _chainkit_version(),
+            f"{TAG_PREFIX}version": __version__,
         }
         commit = git_commit(project.root)
         if commit:
@@ -266,12 +264,6 @@ def log_chain(
 
 def _problem_name(path: Path) -> str:
     return path.parent.name if path.name == "__init__.py" else path.stem
-
-
-def _chainkit_version() -> str:
-    from toolkit import __version__
-
-    return __version__
 
 
 def log_chains(
