@@ -18,7 +18,7 @@ _EXPORTS = {
     "EvalOptions": "toolkit.evaluation",
     "Interaction": "toolkit.cassette",
     "RecordMode": "toolkit.replay",
-    "collect_exchanges": "toolkit.replay",
+    "collect_exchanges": "toolkit.exchanges",
     "discover": "toolkit.discovery",
     "evaluate": "toolkit.evaluation",
     "log_chains": "toolkit.packaging",
@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from toolkit.discovery import discover
     from toolkit.errors import ChainkitError
     from toolkit.evaluation import EvalOptions, evaluate
+    from toolkit.exchanges import collect_exchanges
     from toolkit.packaging import log_chains
-    from toolkit.replay import RecordMode, collect_exchanges, use_cassette
+    from toolkit.replay import RecordMode, use_cassette
 
 
 def __getattr__(name: str) -> Any:

@@ -201,6 +201,8 @@ class Cassette:
     interactions: list[Interaction] = field(default_factory=list)
     recorded_with: dict[str, str] = field(default_factory=dict)
     exists: bool = False
+    #: sha256 of the bytes loaded or last saved: tells whether someone else wrote the file since.
+    content_sha256: str | None = None
 
     def __iter__(self) -> Iterator[Interaction]:
         return iter(self.interactions)
@@ -263,7 +265,13 @@ class Cassette:
             raise CassetteError(f"{path}: 'interactions' must be a list of recorded requests")
         interactions = [_interaction_from_json(path, n, item) for n, item in enumerate(items)]
         recorded_with = document.get("recorded_with") or {}
-        return cls(path=path, interactions=interactions, recorded_with=dict(recorded_with), exists=True)
+        return cls(
+            path=path,
+            interactions=interactions,
+            recorded_with=dict(recorded_with),
+            exists=True,
+            content_sha256=hashlib.sha256(raw).hexdigest(),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -279,8 +287,10 @@ class Cassette:
         """Write atomically, after checking that no secret from the environment is in it."""
         text = self.dumps()
         check_no_secrets(text, self.path)
-        atomic_write(self.path, text.encode("utf-8"))
+        data = text.encode("utf-8")
+        atomic_write(self.path, data)
         self.exists = True
+        self.content_sha256 = hashlib.sha256(data).hexdigest()
 
     def sha256(self) -> str | None:
         return file_sha256(self.path)

@@ -31,12 +31,13 @@ from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
 from toolkit.discovery import Flavor, discover
 from toolkit.errors import NetworkBlockedError, ReplayMissError, UsageError
+from toolkit.exchanges import Exchange, collect_exchanges
 from toolkit.journal import Journal
 from toolkit.loading import load_chain, on_sys_path, predict_python_model
 from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
-from toolkit.replay import Exchange, RecordMode, collect_exchanges, use_cassette
+from toolkit.replay import RecordMode, use_cassette
 from toolkit.scorers import MEASURES, Aggregate, resolve, score
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits

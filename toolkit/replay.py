@@ -26,9 +26,6 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +46,7 @@ from toolkit.cassette import (
     recorder_versions,
 )
 from toolkit.errors import ReplayMissError, UsageError
+from toolkit.exchanges import note_exchange
 from toolkit.matching import InteractionIndex, describe_miss, endpoint, request_key
 from toolkit.network import NetworkGuard
 from toolkit.redaction import kept_response_headers, redact_url
@@ -87,61 +85,6 @@ class RecordMode(StrEnum):
             raise UsageError(f"unknown record mode {value!r}: use one of {choices}") from None
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """One request answered while exchanges were being collected: replayed or sent live."""
-
-    replayed: bool
-    url: str
-    model: str
-    status: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-_exchanges: ContextVar[list[Exchange] | None] = ContextVar("chainkit_exchanges", default=None)
-
-
-@contextmanager
-def collect_exchanges() -> Iterator[list[Exchange]]:
-    """Collect the exchanges made in this context (a thread, an asyncio task, and what they
-    start): how ``eval`` tells, row by row, what was replayed, what went live, and the tokens."""
-    exchanges: list[Exchange] = []
-    token = _exchanges.set(exchanges)
-    try:
-        yield exchanges
-    finally:
-        _exchanges.reset(token)
-
-
-def note_exchange(interaction: Interaction, *, replayed: bool) -> None:
-    exchanges = _exchanges.get()
-    if exchanges is None:
-        return
-    body = interaction.request.body.get("json")
-    model = str(body.get("model", "")) if isinstance(body, dict) else ""
-    prompt, completion = token_usage(interaction.response)
-    exchanges.append(
-        Exchange(replayed, interaction.request.url, model, interaction.response.status, prompt, completion)
-    )
-
-
-def token_usage(response: RecordedResponse) -> tuple[int, int]:
-    """(prompt, completion) tokens the API reported: chat, Responses, embeddings, streamed or not."""
-    candidates = [response.body.get("json")]
-    if response.events:  # the usage rides on the last events (a usage chunk, response.completed)
-        candidates = [event.data for event in reversed(response.events[-3:])]
-    for data in candidates:
-        if not isinstance(data, dict):
-            continue
-        usage = data.get("usage") or (data.get("response") or {}).get("usage")
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
-            completion = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
-            return int(prompt), int(completion)
-    return 0, 0
-
-
 class _UnrecordedError(Exception):
     """Raised by the router's side effect: the cassette has no (replayable) answer."""
 
@@ -172,7 +115,6 @@ class CassetteSession:
         self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
         self.allow_hosts = {host.strip().lower() for host in allow_hosts}
         mode, exists = self.mode, self.cassette.exists
-        self.loaded_sha256 = self.cassette.sha256()
         self.replays = (
             mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (mode is RecordMode.ONCE and exists)
         )
@@ -254,7 +196,7 @@ class CassetteSession:
         if new:
             base = self.cassette
             on_disk = self.cassette.sha256()
-            if on_disk is not None and on_disk != self.loaded_sha256:
+            if on_disk is not None and on_disk != self.cassette.content_sha256:
                 # Another session saved this file since we loaded it: add to its content.
                 base, used = Cassette.load(self.path), set()
             replaced = {key for key, _ in new} if self.mode is RecordMode.ALL else set()
@@ -615,4 +557,4 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["CassetteSession", "Exchange", "RecordMode", "active_session", "collect_exchanges", "use_cassette"]
+__all__ = ["CassetteSession", "RecordMode", "active_session", "use_cassette"]
