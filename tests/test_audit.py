@@ -464,3 +464,26 @@ def test_usage_file_is_hidden_beside_the_cassette(three: Path) -> None:
     assert usage_path(three) == three.parent / ".three.json.usage"
     add_usage(three, {1})
     assert json.loads(usage_path(three).read_text())["used"] == [1]
+
+
+def test_check_reports_recorded_error_answers_without_failing(tmp_path: Path) -> None:
+    path = tmp_path / "errors.json"
+    failed = Interaction(chat("q").request, RecordedResponse(404, {}, {"json": {"error": {}}}))
+    Cassette(path=path, interactions=[chat("fine"), failed]).save()
+    report = check(path)
+    assert report.ok and report.error_answers == [(1, 404)]
+    (note,) = report.notes()
+    assert "1 recorded error answers: #1 (404)" in note and "re-record" in note
+
+
+def test_check_folds_in_what_a_killed_session_left(tmp_path: Path) -> None:
+    from toolkit.recording_log import RecordingLog, log_paths
+
+    path = tmp_path / "c.json"
+    Cassette(path=path, interactions=[chat("first")]).save()
+    log = RecordingLog(path, replace=False)
+    log.append(chat("second"))
+    log.close(delete=False)  # as a SIGKILL leaves it: the log stays, its lock is gone
+    report = check(path)
+    assert report.ok and report.interactions == 2 and report.recovered == 1
+    assert questions(path) == ["first", "second"] and log_paths(path) == []

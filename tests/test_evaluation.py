@@ -451,3 +451,98 @@ def test_progress_line_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) ->
     quiet = Progress(total=2, enabled=False)
     quiet.update(row)
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------- durable recordings, one retry policy, same answers
+
+
+def test_two_sigkills_then_resume_and_the_whole_dataset_replays_offline(project: Project) -> None:
+    """Every live answer is durable once read: killed twice while recording (mode all), resumed
+    each time, the dataset then replays offline with zero errors, and no row finished before a
+    kill was asked again."""
+    questions = [f"question {n}" for n in range(30)]
+    data = write_dataset(project.root / "d.jsonl", questions)
+    runs = project.root / ".chainkit" / "runs"
+    finished_before_kills: set[str] = set()
+    with OpenAIServer(latency=0.05) as server:
+        run_id = None
+        for kill_after in (4, 14):
+            extra = ["--record-mode", "all"] + (["--resume", run_id] if run_id else [])
+            process = _spawn_eval(project, data, server, *extra)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                journals = list(runs.glob("*.sqlite")) if runs.exists() else []
+                if journals and _finished_rows(journals[0]) >= kill_after:
+                    break
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            run_id = journals[0].stem
+            finished_before_kills = {row["inputs"]["question"] for row in Journal(journals[0]).results()}
+            assert kill_after <= len(finished_before_kills) < len(questions)
+        sent_before = len(server.requests)
+        resumed = _spawn_eval(project, data, server, "--record-mode", "all", "--resume", str(run_id))
+        _out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err.decode()
+        asked_again = [r.body["messages"][-1]["content"] for r in server.requests[sent_before:]]
+        assert not finished_before_kills & set(asked_again)
+        sent_live = len(server.requests)
+        offline = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="live")
+        assert len(server.requests) == sent_live  # offline: nothing reached the server
+    assert (offline.rows, offline.errors, offline.replayed_rows) == (30, 0, 30)
+
+
+RETRYING_CHAIN = LIVE_CHAIN.replace(", max_retries=0", "")  # the client's default: 2 retries
+
+
+def test_client_and_runner_retries_do_not_stack_and_errors_are_not_recorded(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project.chains_dir / "retrying.py").write_text(RETRYING_CHAIN)
+    data = write_dataset(project.root / "d.jsonl", [f"q{n}" for n in range(4)])
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        warm = write_dataset(project.root / "warm.jsonl", ["warm up"])
+        evaluate(
+            project, EvalOptions(data=warm, record_mode="all", tracking_uri=store(project)), chain="retrying"
+        )
+        server.add_faults([Fault(429, retry_after=0.01)] * 1000)  # a server that always says 429
+        sent_before = len(server.requests)
+        summary = evaluate(
+            project,
+            EvalOptions(data=data, record_mode="new_episodes", concurrency=2, tracking_uri=store(project)),
+            chain="retrying",
+        )
+        sent = len(server.requests) - sent_before
+    assert summary.errors == 4
+    assert sent == 4 * 6  # chainkit's 6 attempts a row, each one request: not 6 x 3
+    statuses = [i.response.status for i in Cassette.load(project.cassette_for("retrying"))]
+    assert statuses and all(status == 200 for status in statuses)  # no 429 became a recording
+
+
+def test_identical_rows_replay_their_own_answers_at_any_concurrency(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered = [0]
+    lock = threading.Lock()
+
+    def responder(endpoint: str, body: dict[str, Any]) -> str:
+        with lock:  # the same question, a different answer each time (a sampling model)
+            answered[0] += 1
+            return f"answer {answered[0]}"
+
+    data = write_dataset(project.root / "d.jsonl", ["same question"] * 6)
+    with OpenAIServer(responder=responder) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        recorded = evaluate(
+            project,
+            EvalOptions(data=data, record_mode="all", concurrency=1, tracking_uri=store(project)),
+            chain="live",
+        )
+    expected = [row["output"] for row in journal_rows(project, recorded.run_id)]
+    assert len(set(expected)) == 6
+    for _ in range(4):
+        replayed = evaluate(
+            project, EvalOptions(data=data, concurrency=8, tracking_uri=store(project)), chain="live"
+        )
+        assert [row["output"] for row in journal_rows(project, replayed.run_id)] == expected

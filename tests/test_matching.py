@@ -99,3 +99,23 @@ def test_describe_miss() -> None:
     assert describe_miss(req({}), []) == "The cassette holds no interactions."
     many = describe_miss(req({f"k{n}": n for n in range(20)}), [req({})], limit=3)
     assert "... and 17 more fields" in many
+
+
+def test_identical_requests_replay_in_their_scope_order_then_fall_back() -> None:
+    from toolkit.matching import replay_scope
+
+    def answer(scope: str | None) -> Interaction:
+        request = RecordedRequest("POST", "https://api.openai.com/v1/chat/completions", {"json": {"q": 1}})
+        return Interaction(request, RecordedResponse(200), scope)
+
+    index = InteractionIndex([answer("row-a"), answer("row-b"), answer("row-a"), answer(None)])
+    key = request_key(answer(None).request)
+    with replay_scope("row-b"):
+        assert [index.take(key), index.take(key)] == [1, 1]  # its own, then its last repeats
+    with replay_scope("row-a"):
+        assert [index.take(key), index.take(key)] == [0, 2]
+    with replay_scope("row-a"):  # a retried row starts again from its first recording
+        assert index.take(key) == 0
+    with replay_scope("unknown"):
+        assert index.take(key) == 0  # no recording of its own: the shared order
+    assert [index.take(key), index.take(key)] == [1, 2]

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from toolkit.cassette import Cassette, Interaction, load_usage, usage_path
 from toolkit.errors import CassetteError, SecretLeakError
+from toolkit.recording_log import open_cassette
 from toolkit.redaction import check_no_secrets, secret_shapes
 
 
@@ -98,6 +99,23 @@ class CheckReport:
     interactions: int = 0
     problems: list[str] = field(default_factory=list)  # make `check` fail
     unused: list[int] | None = None  # None: unknown (no replay run since it last changed)
+    #: Recorded error answers (index, status): kept only with --record-errors; worth a look.
+    error_answers: list[tuple[int, int]] = field(default_factory=list)
+    #: Recordings a killed session had left in its log, folded in by this check.
+    recovered: int = 0
+
+    def notes(self) -> list[str]:
+        """What is worth knowing but does not fail the check."""
+        out = []
+        if self.recovered:
+            out.append(f"{self.path}: folded in {self.recovered} recordings an interrupted session left")
+        if self.error_answers:
+            listed = ", ".join(f"#{n} ({status})" for n, status in self.error_answers)
+            out.append(
+                f"{self.path}: {len(self.error_answers)} recorded error answers: {listed}; they replay as "
+                "errors: re-record them (--record-mode all) unless they were recorded on purpose"
+            )
+        return out
 
     @property
     def ok(self) -> bool:
@@ -108,7 +126,7 @@ def check(path: Path) -> CheckReport:
     """Validate a cassette: it loads, holds no secrets, and which recordings no replay used."""
     report = CheckReport(path)
     try:
-        cassette = Cassette.load(path)
+        cassette, report.recovered = open_cassette(path)
     except CassetteError as exc:
         report.problems.append(str(exc))
         return report
@@ -116,6 +134,7 @@ def check(path: Path) -> CheckReport:
         report.problems.append(f"{path}: no such cassette; record it with --record-mode once")
         return report
     report.interactions = len(cassette)
+    report.error_answers = [(n, i.response.status) for n, i in enumerate(cassette) if i.response.status > 399]
     text = path.read_text(encoding="utf-8")
     try:
         check_no_secrets(text, path)

@@ -174,9 +174,15 @@ class RecordedResponse:
 class Interaction:
     request: RecordedRequest
     response: RecordedResponse
+    #: The unit of work that made it (an evaluation row), when one was named: identical
+    #: requests then replay per scope, in that scope's own order (see matching.replay_scope).
+    scope: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"request": self.request.to_json(), "response": self.response.to_json()}
+        out: dict[str, Any] = {"request": self.request.to_json(), "response": self.response.to_json()}
+        if self.scope is not None:
+            out["scope"] = self.scope
+        return out
 
 
 # ------------------------------------------------------------------------------ cassette
@@ -263,7 +269,7 @@ class Cassette:
         items = document.get("interactions")
         if not isinstance(items, list):
             raise CassetteError(f"{path}: 'interactions' must be a list of recorded requests")
-        interactions = [_interaction_from_json(path, n, item) for n, item in enumerate(items)]
+        interactions = [interaction_from_json(path, n, item) for n, item in enumerate(items)]
         recorded_with = document.get("recorded_with") or {}
         return cls(
             path=path,
@@ -296,7 +302,7 @@ class Cassette:
         return file_sha256(self.path)
 
 
-def _interaction_from_json(path: Path, n: int, item: Any) -> Interaction:
+def interaction_from_json(path: Path, n: int, item: Any) -> Interaction:
     where = f"{path}: interaction #{n}"
     try:
         request, response = item["request"], item["response"]
@@ -318,7 +324,8 @@ def _interaction_from_json(path: Path, n: int, item: Any) -> Interaction:
             f"{where} is malformed ({type(exc).__name__}: {exc}); fix it by hand or re-record "
             "the cassette with --record-mode all"
         ) from exc
-    return Interaction(recorded_request, recorded_response)
+    scope = item.get("scope")
+    return Interaction(recorded_request, recorded_response, None if scope is None else str(scope))
 
 
 def _body_of(part: Mapping[str, Any]) -> dict[str, Any]:

@@ -463,6 +463,8 @@ def cassette_check(paths: tuple[Path, ...], as_json: bool) -> None:
                     "ok": r.ok,
                     "interactions": r.interactions,
                     "problems": r.problems,
+                    "notes": r.notes(),
+                    "error_answers": [{"index": n, "status": status} for n, status in r.error_answers],
                     "unused": r.unused,
                 }
                 for r in reports
@@ -472,6 +474,8 @@ def cassette_check(paths: tuple[Path, ...], as_json: bool) -> None:
         for report in reports:
             for problem in report.problems:
                 click.echo(f"problem: {problem}", err=True)
+            for note in report.notes():
+                click.echo(f"note: {note}", err=True)
             if report.ok:
                 unused = (
                     "unused: unknown (no replay run since it last changed)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import hashlib
 import json
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from toolkit.errors import NetworkBlockedError, ReplayMissError, UsageError
 from toolkit.exchanges import Exchange, collect_exchanges
 from toolkit.journal import Journal
 from toolkit.loading import load_chain, on_sys_path, predict_python_model
+from toolkit.matching import replay_scope
 from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
@@ -143,7 +145,9 @@ class RowRunner:
         self.invoke, self.scorers, self.limit = invoke, scorers, limit
         self.journal, self.prices, self.progress = journal, prices, progress
 
-    async def run(self, row: Row) -> None:
+    async def run(self, row: Row, scope: str | None = None) -> None:
+        """``scope`` names the row for replay (see ``row_scopes``): its calls are matched to
+        its own recordings, in its own order, whatever runs beside it."""
         exchanges: list[Exchange] = []
         trace_id: str | None = None
         output: Any = None
@@ -151,7 +155,11 @@ class RowRunner:
         latency = 0.0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             async with self.limit.slot():
-                with collect_exchanges() as made, self._span(row) as span:
+                with (
+                    collect_exchanges() as made,
+                    replay_scope(scope or f"row-{row.index}"),
+                    self._span(row) as span,
+                ):
                     started = time.perf_counter()
                     try:
                         output, error = plain(await self._call(row.inputs)), None
@@ -247,6 +255,19 @@ def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
         mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
 
 
+def row_scopes(rows: Iterable[Row]) -> Iterator[tuple[Row, str]]:
+    """Each row with its replay scope: a digest of its inputs and which occurrence of those
+    inputs it is in the dataset. Identical rows then each keep their own recordings (the
+    server may have answered them differently), and adding other rows changes no scope."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        text = json.dumps(row.inputs, sort_keys=True, ensure_ascii=False, default=str)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        occurrence = seen.get(digest, 0)
+        seen[digest] = occurrence + 1
+        yield row, f"{digest}#{occurrence}"
+
+
 async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, resume: bool) -> int:
     """Run every row not yet journaled; rows stream in, at most 2 x the limit are pending."""
     loop = asyncio.get_running_loop()
@@ -254,7 +275,7 @@ async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, res
     pending: set[asyncio.Task[None]] = set()
     skipped = 0
     try:
-        for row in rows:
+        for row, scope in row_scopes(rows):
             if resume and journal.is_done(row.index):
                 skipped += 1
                 continue
@@ -262,7 +283,7 @@ async def run_rows(rows: Iterable[Row], runner: RowRunner, journal: Journal, res
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # a fatal error (a scorer needing the network) stops the job
-            pending.add(asyncio.create_task(runner.run(row)))
+            pending.add(asyncio.create_task(runner.run(row, scope)))
         for finished in asyncio.as_completed(pending):
             await finished
     finally:
@@ -411,7 +432,9 @@ def evaluate(
             progress = Progress(total, options.progress, done=journal.count())
             limit = AdaptiveLimit(options.concurrency)
             with (
-                use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts),
+                # client_retries=False: the row runner's retries are the one policy (AIMD,
+                # retry-after); the client's own would multiply them (3 x 6 attempts a row).
+                use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts, client_retries=False),
                 _tracing(options.trace, target.model_id),
             ):
                 invoke = target.load()

@@ -5,14 +5,20 @@ The key of a request is its method, host, path, sorted query, and body in canoni
 per-request ``x-stainless-*`` headers, a retry count among them. Lookup is one dict access,
 whatever the size of the cassette. Identical requests replay in recording order; past the
 last recording, the last one repeats.
+
+Order is per scope where one is named: an evaluation runs each row in
+``replay_scope(<row>)``, recordings made there carry that scope, and a replayed row gets its
+own recordings in its own order, whatever the other rows do at the same time.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -43,6 +49,34 @@ def _canonical_body(body: Mapping[str, Any]) -> str:
     return ""
 
 
+@dataclass
+class ReplayScope:
+    """A unit of work (an evaluation row) whose identical requests are counted on their own."""
+
+    name: str
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+_scope: ContextVar[ReplayScope | None] = ContextVar("chainkit_replay_scope", default=None)
+
+
+@contextmanager
+def replay_scope(name: str) -> Iterator[ReplayScope]:
+    """Within this context (a thread or task, and what it starts), recordings are tagged
+    ``name`` and replay prefers recordings tagged ``name``, counted from the first: a retried
+    row starts again from its first recording."""
+    scope = ReplayScope(name)
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+def current_scope() -> ReplayScope | None:
+    return _scope.get()
+
+
 class InteractionIndex:
     """Recorded interactions by key, handing out the n-th recording to the n-th identical call.
 
@@ -52,23 +86,33 @@ class InteractionIndex:
 
     def __init__(self, interactions: Iterable[Interaction] = ()) -> None:
         self._positions: dict[str, list[int]] = {}
+        self._scoped: dict[tuple[str, str], list[int]] = {}
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()
         for position, interaction in enumerate(interactions):
-            self._positions.setdefault(request_key(interaction.request), []).append(position)
+            key = request_key(interaction.request)
+            self._positions.setdefault(key, []).append(position)
+            if interaction.scope is not None:
+                self._scoped.setdefault((interaction.scope, key), []).append(position)
 
     def __contains__(self, key: str) -> bool:
         return key in self._positions
 
     def take(self, key: str) -> int | None:
         """Position of the recording for the next call with ``key``; None if never recorded."""
+        calls: dict[str, int] = self._calls
         positions = self._positions.get(key)
         if positions is None:
             return None
+        scope = _scope.get() if self._scoped else None
+        if scope is not None:
+            own = self._scoped.get((scope.name, key))
+            if own is not None:
+                positions, calls = own, scope.calls
         with self._lock:
-            calls = self._calls.get(key, 0)
-            self._calls[key] = calls + 1
-        return positions[min(calls, len(positions) - 1)]
+            n = calls.get(key, 0)
+            calls[key] = n + 1
+        return positions[min(n, len(positions) - 1)]
 
     def forget(self, key: str) -> list[int]:
         """Stop replaying ``key`` (it is being re-recorded); returns the positions it had."""

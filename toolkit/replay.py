@@ -19,6 +19,7 @@ reliance on a private mocker registry, at the same measured cost.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import inspect
@@ -47,8 +48,9 @@ from toolkit.cassette import (
 )
 from toolkit.errors import ReplayMissError, UsageError
 from toolkit.exchanges import note_exchange
-from toolkit.matching import InteractionIndex, describe_miss, endpoint, request_key
+from toolkit.matching import InteractionIndex, current_scope, describe_miss, endpoint, request_key
 from toolkit.network import NetworkGuard
+from toolkit.recording_log import RecordingLog, folder_lock, merge, open_cassette
 from toolkit.redaction import kept_response_headers, redact_url
 
 try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
@@ -59,6 +61,9 @@ except ImportError:  # pragma: no cover - httpx2 is a dependency of openai 3.x
 RECORD_MODE_VARIABLE = "CHAINKIT_RECORD_MODE"
 RECORD_VIA_VARIABLE = "CHAINKIT_RECORD_VIA"
 ALLOW_HOSTS_VARIABLE = "CHAINKIT_ALLOW_HOSTS"
+RECORD_ERRORS_VARIABLE = "CHAINKIT_RECORD_ERRORS"
+#: Statuses the OpenAI SDKs retry on their own (and chainkit's evaluation runner retries).
+CLIENT_RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 #: Set as OPENAI_API_KEY while replaying without a key: clients refuse to start without one.
 PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
 
@@ -99,7 +104,12 @@ class _CassetteRouter(respx.Router):
 
 
 class CassetteSession:
-    """One active cassette: answers requests, records new ones, saves on close."""
+    """One active cassette: answers requests, records new ones, saves on close.
+
+    Every recording is durable the moment its response has been read (an fsync'd log beside
+    the cassette, see :mod:`toolkit.recording_log`): a session killed before ``close`` loses
+    nothing; the next session to open the cassette folds the log in.
+    """
 
     def __init__(
         self,
@@ -108,10 +118,19 @@ class CassetteSession:
         *,
         allow_hosts: Iterable[str] = (),
         record_via: str | None = None,
+        record_errors: bool | None = None,
+        client_retries: bool = True,
     ) -> None:
         self.mode = RecordMode.parse(record_mode)
-        self.cassette = Cassette.load(path)
+        self.cassette, self.recovered = open_cassette(Path(path))
         self.path = self.cassette.path
+        if record_errors is None:
+            record_errors = os.environ.get(RECORD_ERRORS_VARIABLE, "").lower() in {"1", "true", "yes"}
+        #: Record error answers (status >= 400) too; by default they are passed on, not kept.
+        self.record_errors = record_errors
+        #: False: the client is told not to retry (``x-should-retry: false``) a live error
+        #: answer, because the caller (chainkit's evaluation runner) has its own retry policy.
+        self.client_retries = client_retries
         self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
         self.allow_hosts = {host.strip().lower() for host in allow_hosts}
         mode, exists = self.mode, self.cassette.exists
@@ -126,10 +145,11 @@ class CassetteSession:
         self.index = InteractionIndex(self.cassette.interactions if self.replays else ())
         self._bodies: dict[int, list[bytes]] = {}  # response bytes, built on first replay
         self.used: set[int] = set()
-        self.new: list[tuple[str, Interaction]] = []
+        self.new: list[Interaction] = []
         self.replayed = 0
         self._lock = threading.Lock()
         self.router = self._build_router()
+        self.log = RecordingLog(self.path, replace=self.mode is RecordMode.ALL) if self.records else None
 
     def _build_router(self) -> respx.Router:
         router = _CassetteRouter(assert_all_mocked=True, assert_all_called=False)
@@ -164,8 +184,15 @@ class CassetteSession:
 
     def _commit(self, interaction: Interaction) -> None:
         note_exchange(interaction, replayed=False)
+        if interaction.response.status >= 400 and not self.record_errors:
+            return  # an error answer is not a recording (a retry may follow; a 404 is a wrong URL)
+        scope = current_scope()
+        if scope is not None:
+            interaction = dataclasses.replace(interaction, scope=scope.name)
+        if self.log is not None:
+            self.log.append(interaction)
         with self._lock:
-            self.new.append((request_key(interaction.request), interaction))
+            self.new.append(interaction)
 
     def miss(self, sent: RecordedRequest) -> ReplayMissError:
         if not self.cassette.exists:
@@ -190,26 +217,29 @@ class CassetteSession:
         )
 
     def close(self) -> None:
-        """Save what was recorded (atomically) and note which recordings were replayed."""
+        """Save what was recorded (atomically) and note which recordings were replayed. The
+        recording log is deleted only once the cassette holding its recordings is saved."""
         with self._lock:
             new, used = list(self.new), set(self.used)
-        if new:
-            base = self.cassette
-            on_disk = self.cassette.sha256()
-            if on_disk is not None and on_disk != self.cassette.content_sha256:
-                # Another session saved this file since we loaded it: add to its content.
-                base, used = Cassette.load(self.path), set()
-            replaced = {key for key, _ in new} if self.mode is RecordMode.ALL else set()
-            kept = [
-                (position, interaction)
-                for position, interaction in enumerate(base.interactions)
-                if request_key(interaction.request) not in replaced
-            ]
-            moved = {old: new_position for new_position, (old, _) in enumerate(kept)}
-            base.interactions = [i for _, i in kept] + [i for _, i in new]
-            base.recorded_with = recorder_versions()
-            base.save()
-            used = {moved[position] for position in used if position in moved}
+        saved = False
+        try:
+            if new:
+                with folder_lock(self.path):
+                    base = self.cassette
+                    on_disk = self.cassette.sha256()
+                    if on_disk is not None and on_disk != self.cassette.content_sha256:
+                        # Another session saved this file since we loaded it: add to its content.
+                        base, used = Cassette.load(self.path), set()
+                    base.interactions, moved = merge(
+                        base.interactions, new, replace=self.mode is RecordMode.ALL
+                    )
+                    base.recorded_with = recorder_versions()
+                    base.save()
+                used = {moved[position] for position in used if position in moved}
+            saved = True
+        finally:
+            if self.log is not None:
+                self.log.close(delete=saved)
         if used:
             add_usage(self.path, used)
 
@@ -251,7 +281,7 @@ class CassetteSession:
         interaction = Interaction(sent, _recorded_response(live, live.read()))
         live.close()
         self._commit(interaction)
-        return _native_response(module, _httpx_response(interaction.response))
+        return self._to_client(module, interaction.response)
 
     async def ahandle(self, request: Any, send: Callable[[Any], Any]) -> Any:
         module = _module_of(request)
@@ -273,7 +303,14 @@ class CassetteSession:
         interaction = Interaction(sent, _recorded_response(live, await live.aread()))
         await live.aclose()
         self._commit(interaction)
-        return _native_response(module, _httpx_response(interaction.response))
+        return self._to_client(module, interaction.response)
+
+    def _to_client(self, module: ModuleType, recorded: RecordedResponse) -> Any:
+        response = _native_response(module, _httpx_response(recorded))
+        if not self.client_retries and recorded.status in CLIENT_RETRIED_STATUSES:
+            # One retry policy, not two stacked: the openai SDKs honour this header.
+            response.headers["x-should-retry"] = "false"
+        return response
 
     def _upstream(self, module: ModuleType, request: Any) -> Any:
         """The request to send live: as is, or redirected to $CHAINKIT_RECORD_VIA."""
@@ -296,6 +333,8 @@ class CassetteSession:
             )
 
         headers = kept_response_headers(live.headers)
+        if not self.client_retries and live.status_code in CLIENT_RETRIED_STATUSES:
+            headers["x-should-retry"] = "false"
         return module.Response(live.status_code, headers=headers, stream=_TeeStream(live, finish))
 
 
@@ -493,6 +532,10 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
     recorded). The MLflow tracking server of $MLFLOW_TRACKING_URI is always allowed.
     ``record_via``: send live traffic to this base URL instead (an OpenAI-compatible gateway
     or a local server); the cassette keeps the original URLs.
+    ``record_errors``: also record error answers (status >= 400; default: $CHAINKIT_RECORD_ERRORS,
+    else no). An error answer the client retried is never kept.
+    ``client_retries``: False tells the client not to retry live error answers (for a caller
+    with its own retry policy, as ``chainkit eval``).
     In record mode none a missing cassette is an error at the first request it cannot answer,
     not before: a block that sends nothing needs no cassette.
     """
@@ -504,12 +547,16 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         *,
         allow_hosts: Iterable[str] = (),
         record_via: str | None = None,
+        record_errors: bool | None = None,
+        client_retries: bool = True,
     ) -> None:
         self.path = Path(path)
         self.record_mode = RecordMode.parse(record_mode)
         env_hosts = [h.strip() for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
         self.allow_hosts = [*allow_hosts, *env_hosts]
         self.record_via = record_via
+        self.record_errors = record_errors
+        self.client_retries = client_retries
         self._entered: list[tuple[CassetteSession, NetworkGuard | None, str | None]] = []
 
     def __enter__(self) -> CassetteSession:
@@ -518,6 +565,8 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
             self.record_mode,
             allow_hosts=self.allow_hosts,
             record_via=self.record_via,
+            record_errors=self.record_errors,
+            client_retries=self.client_retries,
         )
         guard = None
         if session.mode is RecordMode.NONE:
