@@ -224,6 +224,12 @@ def run(
 @click.option("--register", is_flag=True, help="Register a model version named after each chain.")
 @click.option("--alias", default=None, help="Move this alias to the new versions (needs --register).")
 @click.option("--force", is_flag=True, help="Log again even if an identical model is already logged.")
+@click.option(
+    "--no-cassette",
+    "no_cassette",
+    is_flag=True,
+    help="Do not store the chain's cassette in the model (CHAINKIT_CASSETTE=model replays it).",
+)
 @record_mode_option
 @tracking_uri_option
 @json_option
@@ -235,6 +241,7 @@ def log_command(
     register: bool,
     alias: str | None,
     force: bool,
+    no_cassette: bool,
     record_mode: str | None,
     tracking_uri: str | None,
     as_json: bool,
@@ -253,6 +260,7 @@ def log_command(
         force=force,
         record_mode=record_mode,
         tracking_uri=tracking_uri,
+        carry_cassette=not no_cassette,
     )
     uri = tracking_uri_for(project, tracking_uri)
     if as_json:

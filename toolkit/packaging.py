@@ -10,7 +10,11 @@ For each chain, under its cassette (so every LLM call MLflow makes while logging
    is already logged, unless forced;
 5. ``mlflow.langchain.log_model`` / ``mlflow.pyfunc.log_model`` from the file, tagged with the
    chain's name, the sha256 of the file and of its cassette, the git commit and chainkit's version;
-6. optionally register a model version under the chain's name and move an alias to it.
+6. store the chain's cassette in the model (``chainkit/cassette.json``, secret scan applied),
+   so that ``CHAINKIT_CASSETTE=model`` replays it wherever the model is loaded, and the exact
+   versions of the HTTP stack replay patches and the client that recorded it
+   (``chainkit/constraints.txt``);
+7. optionally register a model version under the chain's name and move an alias to it.
 
 One broken chain fails alone; the others still log.
 """
@@ -128,7 +132,7 @@ def _files_of(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path) -> str:
+def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path, carried: bool = True) -> str:
     """Changes whenever anything that goes into the logged model changes."""
     digest = hashlib.sha256()
     for file in [
@@ -140,7 +144,7 @@ def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path) -> 
     digest.update((file_sha256(cassette) or "no cassette").encode())
     digest.update(
         json.dumps(
-            [dependencies.requirements, spec.input_example, spec.flavor.value, __version__],
+            [dependencies.requirements, spec.input_example, spec.flavor.value, __version__, carried],
             sort_keys=True,
             default=str,
         ).encode()
@@ -204,6 +208,7 @@ def log_chain(
     alias: str | None = None,
     force: bool = False,
     record_mode: str | RecordMode | None = None,
+    carry_cassette: bool = True,
 ) -> LogResult:
     """Log one chain (see the module docstring); errors are raised, not caught."""
     import mlflow
@@ -218,7 +223,7 @@ def log_chain(
         *([spec.model_config] if spec.model_config else []),
     ]:
         check_no_secrets(file.read_text(encoding="utf-8", errors="replace"), file)
-    fingerprint_value = fingerprint(spec, dependencies, cassette_path)
+    fingerprint_value = fingerprint(spec, dependencies, cassette_path, carry_cassette)
     existing = None if force else _existing_model(experiment_id, fingerprint_value)
     if existing is not None:
         model_id, model_uri, status = existing.model_id, f"models:/{existing.model_id}", "reused"
@@ -249,6 +254,8 @@ def log_chain(
                 info = mlflow.pyfunc.log_model(python_model=str(spec.path), **kwargs)
             else:
                 info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
+        # After the session above closed: the cassette now holds what logging recorded.
+        _log_replay_artifacts(info.model_id, cassette_path if carry_cassette else None)
         model_id, model_uri, status = info.model_id, info.model_uri, "logged"
     version = _register(spec.name, model_id, model_uri, alias) if register else None
     return LogResult(
@@ -260,6 +267,44 @@ def log_chain(
         alias if register else None,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+#: What replay patches and what shaped the recorded requests: pinned in constraints.txt.
+HTTP_STACK = ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "respx")
+
+
+def http_stack_constraints() -> str:
+    """``name==version`` for each installed distribution of :data:`HTTP_STACK`.
+
+    A constraints file, not more requirements: it pins these where the model's requirements
+    pull them in (``pip install -r requirements.txt -c constraints.txt``) and adds nothing.
+    """
+    from importlib import metadata
+
+    lines = []
+    for name in HTTP_STACK:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            lines.append(f"{name}=={metadata.version(name)}")
+    return "\n".join(lines) + "\n"
+
+
+def _log_replay_artifacts(model_id: str, cassette: Path | None) -> None:
+    """``chainkit/cassette.json`` (the recordings, when carried) and ``chainkit/constraints.txt``."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from toolkit.process_replay import CARRIED_CASSETTE
+
+    with tempfile.TemporaryDirectory() as folder:
+        staged = Path(folder) / CARRIED_CASSETTE.parent
+        staged.mkdir()
+        if cassette is not None and cassette.is_file():
+            text = cassette.read_text(encoding="utf-8")
+            check_no_secrets(text, cassette)
+            (staged / CARRIED_CASSETTE.name).write_text(text, encoding="utf-8")
+        (staged / "constraints.txt").write_text(http_stack_constraints(), encoding="utf-8")
+        MlflowClient().log_model_artifacts(model_id, str(staged), str(CARRIED_CASSETTE.parent))
 
 
 def _problem_name(path: Path) -> str:
@@ -275,6 +320,7 @@ def log_chains(
     force: bool = False,
     record_mode: str | RecordMode | None = None,
     tracking_uri: str | None = None,
+    carry_cassette: bool = True,
 ) -> list[LogResult]:
     """Log the named chains (default: all discovered); one failure does not stop the rest."""
     found = discover(project.chains_dir)
@@ -307,6 +353,7 @@ def log_chains(
                         alias=alias,
                         force=force,
                         record_mode=record_mode,
+                        carry_cassette=carry_cassette,
                     )
                 )
             except Exception as exc:

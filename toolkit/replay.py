@@ -536,6 +536,8 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
     else no). An error answer the client retried is never kept.
     ``client_retries``: False tells the client not to retry live error answers (for a caller
     with its own retry policy, as ``chainkit eval``).
+    ``network_allows``: hosts the network guard lets other clients' sockets reach in mode none
+    (HTTP sent through httpx/httpx2 to them is still answered from the cassette).
     In record mode none a missing cassette is an error at the first request it cannot answer,
     not before: a block that sends nothing needs no cassette.
     """
@@ -549,6 +551,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         record_via: str | None = None,
         record_errors: bool | None = None,
         client_retries: bool = True,
+        network_allows: Iterable[str] = (),
     ) -> None:
         self.path = Path(path)
         self.record_mode = RecordMode.parse(record_mode)
@@ -557,6 +560,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         self.record_via = record_via
         self.record_errors = record_errors
         self.client_retries = client_retries
+        self.network_allows = list(network_allows)
         self._entered: list[tuple[CassetteSession, NetworkGuard | None, str | None]] = []
 
     def __enter__(self) -> CassetteSession:
@@ -570,7 +574,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         )
         guard = None
         if session.mode is RecordMode.NONE:
-            guard = NetworkGuard([*session.allow_hosts, *mlflow_hosts()])
+            guard = NetworkGuard([*session.allow_hosts, *mlflow_hosts(), *self.network_allows])
             guard.__enter__()
         previous_key = os.environ.get("OPENAI_API_KEY")
         if previous_key is None and (session.mode is RecordMode.NONE or session.record_via):
