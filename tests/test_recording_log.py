@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -240,3 +241,41 @@ def test_client_retries_can_be_left_to_the_caller(tmp_path: Path) -> None:
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         assert len(server.requests) == 4  # the client's own policy: 1 + 2 retries
         assert time.monotonic() - started < 30
+
+
+def test_a_pytest_session_killed_mid_record_loses_nothing(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    (tmp_path / "test_records.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal, httpx, pytest
+
+            @pytest.mark.cassette(path="recorded.json")
+            def test_records_then_dies():
+                for n in range(3):
+                    httpx.post(os.environ["SERVER_URL"], json={"model": "m", "messages": [], "n": n})
+                os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    url = f"{openai_server.base_url}/chat/completions"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--record-mode=once",
+            "test_records.py",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "SERVER_URL": url, "CHAINKIT_ALLOW_HOSTS": ""},
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL
+    cassette, recovered = open_cassette(tmp_path / "recorded.json")
+    assert recovered == 3 and [i.request.body["json"]["n"] for i in cassette] == [0, 1, 2]
