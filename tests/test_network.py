@@ -1,18 +1,24 @@
 """The network guard (toolkit/network.py) and how use_cassette installs it (toolkit/replay.py).
 
 Nothing here reaches a non-loopback address. Requests to api.openai.com and friends must be
-refused by the guard before any DNS lookup or connection; the ``tripwire`` fixture sits beneath
-the guard (in place of the real resolver and connect it delegates to), records any non-loopback
-host that gets past it and refuses it there, so a broken guard fails the test instead of
-touching the network.
+refused by the guard before any DNS lookup or connection; the ``tripwire`` fixture is an audit
+hook added after the guard's, so it sees only what the guard let through to CPython's socket
+module: it records any non-loopback host that got past the guard and refuses it there, so a
+broken guard fails the test instead of touching the network.
+
+The pytest session itself may run under the plugin's session guard (pyproject allows loopback):
+"installed" below means a guard beyond the ones active when the test started.
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import ipaddress
 import re
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -57,61 +63,65 @@ def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "*")
 
 
+_session_guards: list[NetworkGuard] = []  # guards active when the test started (the session's)
+
+
 @pytest.fixture(autouse=True)
 def no_guard_left_behind() -> Iterator[None]:
-    assert network._guards == []
+    _session_guards[:] = network._guards
     yield
-    left = list(network._guards)
+    left = [guard for guard in network._guards if guard not in _session_guards]
     for guard in reversed(left):  # keep the next tests isolated, then fail this one
         guard.__exit__(None, None, None)
     assert left == [], "a network guard was left installed"
 
 
-@pytest.fixture
-def tripwire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Hosts that got past the guard to the real resolver/connect (refused there): must stay []."""
-    leaked: list[str] = []
-    real_getaddrinfo, real_connect, real_connect_ex = (
-        network._real_getaddrinfo,
-        network._real_connect,
-        network._real_connect_ex,
-    )
+def _host_of(event: str, args: tuple[Any, ...]) -> Any:
+    """The host a socket audit event is about (None: not network), read independently of the guard."""
+    if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+        sock, address = args
+        inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+        return address[0] if address is not None and inet else None
+    if event == "socket.getnameinfo":
+        return args[0][0]
+    if event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"):
+        return args[0]
+    return None
 
-    def refuse_remote(host: Any) -> None:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name is None or name == "localhost":
+
+_tripped: list[list[str]] = []  # the running test's tripwire list, while it has one
+
+
+def _tripwire_hook(event: str, args: tuple[Any, ...]) -> None:
+    if not _tripped or not event.startswith("socket."):
+        return
+    host = _host_of(event, args)
+    name = host.decode() if isinstance(host, bytes) else host
+    if name is None or name == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(str(name).split("%")[0]).is_loopback:
             return
-        try:
-            if ipaddress.ip_address(str(name).split("%")[0]).is_loopback:
-                return
-        except ValueError:
-            pass
-        leaked.append(str(name))
-        raise ConnectionRefusedError(f"tripwire: {name} got past the network guard")
+    except ValueError:
+        pass
+    _tripped[-1].append(str(name))
+    raise ConnectionRefusedError(f"tripwire: {name} got past the network guard")
 
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        refuse_remote(host)
-        return real_getaddrinfo(host, *args, **kwargs)
 
-    def connect(self: socket.socket, address: Any) -> None:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse_remote(address[0])
-        real_connect(self, address)
+@pytest.fixture(scope="session")
+def _tripwire_installed() -> None:
+    with NetworkGuard():  # the guard's hook first: hooks run in the order they were added
+        pass
+    sys.addaudithook(_tripwire_hook)
 
-    def connect_ex(self: socket.socket, address: Any) -> int:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse_remote(address[0])
-        return real_connect_ex(self, address)
 
-    # In place both beneath the guard (what it delegates to, and writes back into `socket` on
-    # exit) and in `socket` itself, so that a guard that is not installed at all leaks nothing.
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(network, "_real_getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(network, "_real_connect", connect)
-    monkeypatch.setattr(network, "_real_connect_ex", connect_ex)
-    return leaked
+@pytest.fixture
+def tripwire(_tripwire_installed: None) -> Iterator[list[str]]:
+    """Hosts that got past the guard to CPython's socket module (refused there): must stay []."""
+    leaked: list[str] = []
+    _tripped.append(leaked)
+    yield leaked
+    _tripped.remove(leaked)
 
 
 @pytest.fixture
@@ -167,10 +177,10 @@ def raw_http(port: int) -> bytes:
 
 
 def guard_installed() -> bool:
-    patched = socket.getaddrinfo is network._guarded_getaddrinfo
-    assert patched == (socket.socket.connect is network._guarded_connect)
-    assert patched == (socket.socket.connect_ex is network._guarded_connect_ex)
-    return patched
+    """Whether a guard beyond the session's is active (and the socket module patched for it)."""
+    assert (socket.getaddrinfo is network._guarded_getaddrinfo) == bool(network._guards)
+    assert (socket.socket.connect is network._guarded_connect) == bool(network._guards)
+    return network._guards[len(_session_guards) :] != []
 
 
 # ------------------------------------------------ every client is refused, naming the host
@@ -223,6 +233,178 @@ def test_raw_socket_connect_with_an_address_is_blocked(cassette: Path, tripwire:
                     "192.0.2.10",
                     tripwire,
                 )
+
+
+def test_a_host_name_given_to_connect_is_refused_before_any_dns_query(
+    cassette: Path, tripwire: list[str]
+) -> None:
+    # C resolves a name in connect()'s address before it raises the audit event: offline that
+    # is a gaierror, online a DNS query. The Python-level check refuses the name first.
+    with use_cassette(cassette, "none"), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        error = assert_blocked(lambda: sock.connect((REMOTE, 443)), REMOTE, tripwire)
+    assert type(error) is NetworkBlockedError
+
+
+def test_the_tripwire_refuses_what_the_guard_lets_through(tripwire: list[str]) -> None:
+    with NetworkGuard(["192.0.2.10"]), pytest.raises(ConnectionRefusedError, match="tripwire"):
+        socket.create_connection(("192.0.2.10", 443), timeout=5)
+    assert tripwire == ["192.0.2.10"]
+    tripwire.clear()
+
+
+# ----------------------------------------------- _socket, the C module, used directly
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP listener on 127.0.0.1 (see ``connected``)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        yield sock
+
+
+def connected(listener: socket.socket) -> bool:
+    """Whether a connection reached ``listener`` (it stays in the backlog even once closed)."""
+    listener.settimeout(0.3)
+    try:
+        peer, _ = listener.accept()
+    except TimeoutError:
+        return False
+    peer.close()
+    return True
+
+
+@pytest.mark.parametrize("method", ["connect", "connect_ex"])
+def test_underscore_socket_connect_is_blocked(cassette: Path, listener: socket.socket, method: str) -> None:
+    address = listener.getsockname()
+    raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        with use_cassette(cassette, "none"), pytest.raises(NetworkBlockedError) as excinfo:
+            getattr(raw, method)(address)
+    finally:
+        raw.close()
+    # Raised from the audit hook, the error reaches the caller as it is (not an OSError).
+    assert type(excinfo.value) is NetworkBlockedError
+    assert excinfo.value.host == "127.0.0.1" and "--allow-host 127.0.0.1" in str(excinfo.value)
+    assert not connected(listener)
+
+    # Control: allowed, the same call connects.
+    raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        with use_cassette(cassette, "none", allow_hosts=["127.0.0.1"]):
+            assert getattr(raw, method)(address) in (None, 0)
+    finally:
+        raw.close()
+    assert connected(listener)
+
+
+def test_underscore_socket_udp_is_blocked() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        sender = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        try:
+            with NetworkGuard():
+                with pytest.raises(NetworkBlockedError):
+                    sender.sendto(b"leak", receiver.getsockname())
+                with pytest.raises(NetworkBlockedError):
+                    sender.sendmsg([b"leak"], [], 0, receiver.getsockname())
+        finally:
+            sender.close()
+        with pytest.raises(BlockingIOError):
+            receiver.recv(16)  # nothing arrived
+
+
+@pytest.mark.parametrize(
+    ("call", "host"),
+    [
+        (lambda: _socket.getaddrinfo(REMOTE, 443), REMOTE),
+        (lambda: _socket.gethostbyname(REMOTE), REMOTE),
+        (lambda: _socket.gethostbyname_ex(REMOTE), REMOTE),
+        (lambda: _socket.gethostbyaddr("192.0.2.10"), "192.0.2.10"),
+        (lambda: _socket.getnameinfo(("192.0.2.10", 443), 0), "192.0.2.10"),
+    ],
+    ids=["getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"],
+)
+def test_underscore_socket_resolvers_are_blocked(
+    cassette: Path, tripwire: list[str], call: Callable[[], Any], host: str
+) -> None:
+    with use_cassette(cassette, "none"):
+        error = assert_blocked(call, host, tripwire)
+    assert type(error) is NetworkBlockedError
+
+
+def test_underscore_socket_unix_domain_stays_open(tmp_path: Path) -> None:
+    address = str(tmp_path / "raw.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(address)
+        server.listen(1)
+        raw = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            with NetworkGuard():
+                raw.connect(address)
+                raw.send(b"ping")
+        finally:
+            raw.close()
+        peer, _ = server.accept()
+        with peer:
+            assert peer.recv(4) == b"ping"
+
+
+RAW_SOCKET_CHAIN = '''"""Connects to 127.0.0.1:$RAW_PORT with the C socket module, not socket.socket."""
+
+import os
+
+import _socket
+import mlflow
+from langchain_core.runnables import RunnableLambda
+
+
+def call(inputs: dict) -> str:
+    raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        raw.connect(("127.0.0.1", int(os.environ["RAW_PORT"])))
+    finally:
+        raw.close()
+    return "connected"
+
+
+chain = RunnableLambda(call)
+
+mlflow.models.set_model(chain)
+'''
+
+
+def test_the_cli_blocks_underscore_socket_in_record_mode_none(
+    tmp_path: Path, listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "chains").mkdir()
+    (tmp_path / "chains" / "raw_socket.py").write_text(RAW_SOCKET_CHAIN)
+    monkeypatch.setenv("RAW_PORT", str(listener.getsockname()[1]))
+    command = [sys.executable, "-m", "toolkit", "--project", str(tmp_path), "run", "raw_socket"]
+    result = subprocess.run(
+        [*command, "--input", "{}", "--record-mode", "none"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "chainkit blocked a connection to 127.0.0.1" in result.stderr
+    assert not connected(listener)
+
+    # Control: the same chain in a recording mode connects.
+    result = subprocess.run(
+        [*command, "--input", "{}", "--record-mode", "once"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert connected(listener)
+
+
+def test_child_processes_start_but_are_not_covered(cassette: Path, listener: socket.socket) -> None:
+    """The guard is in-process: a child process has its own sockets (README, "What is closed")."""
+    port = listener.getsockname()[1]
+    child = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5).close()"
+    with use_cassette(cassette, "none"):
+        with pytest.raises(NetworkBlockedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        subprocess.run([sys.executable, "-c", child, str(port)], check=True, timeout=60)
+    assert connected(listener)  # the child's connection, not ours
 
 
 def test_tiktoken_download_is_blocked_and_names_the_host(
@@ -464,7 +646,7 @@ def test_guard_is_installed_only_inside_the_block_and_removed_after(
         with pytest.raises(NetworkBlockedError):
             raw_http(port)
     assert (socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex) == original
-    assert socket.getaddrinfo is network._real_getaddrinfo
+    assert (socket.getaddrinfo is network._real_getaddrinfo) == (network._guards == [])
     assert raw_http(port).startswith(b"HTTP/1.")
     assert post_chat(server_root) == 200
     assert [r.path for r in openai_server.requests] == ["/v1/models", "/v1/chat/completions"]
@@ -609,3 +791,29 @@ def test_guard_allows_ipv6_and_bracketed_forms() -> None:
     assert guard.allows("example.com") and guard.allows("EXAMPLE.com")
     assert guard.allows("127.0.0.1") and not guard.allows("127.0.0.2")
     assert guard.allowed == {"::1", "example.com", "127.0.0.1"}
+
+
+# ------------------------------------------------- what the pytest session guard builds on
+
+
+def test_a_guard_that_allows_all_opens_what_an_outer_one_closed(port: int, tripwire: list[str]) -> None:
+    with NetworkGuard():
+        assert_blocked(lambda: raw_http(port), "127.0.0.1", tripwire)
+        with NetworkGuard(allow_all=True):
+            assert raw_http(port).startswith(b"HTTP/1.")
+        assert_blocked(lambda: raw_http(port), "127.0.0.1", tripwire)
+
+
+def test_hosts_allowed_later_are_asked_for_at_each_refusal(port: int, tripwire: list[str]) -> None:
+    tracking: list[str] = []  # e.g. the MLflow tracking server of the moment
+    with NetworkGuard(also_allowed=lambda: tracking) as guard:
+        assert_blocked(lambda: raw_http(port), "127.0.0.1", tripwire)
+        tracking.append("localhost")
+        with socket.create_connection(("localhost", port), timeout=5):  # resolved, then connected
+            pass
+        tracking.clear()
+        # What the name resolved to was allowed through the name, and is no longer.
+        assert_blocked(lambda: raw_http(port), "127.0.0.1", tripwire)
+        by_name = ("localhost", port)
+        assert_blocked(lambda: socket.create_connection(by_name, timeout=5), "localhost", tripwire)
+    assert guard.blocked == ["127.0.0.1", "127.0.0.1", "localhost"]

@@ -106,6 +106,7 @@ def test_help_lists_the_chainkit_group(inner: pytest.Pytester) -> None:
             "chainkit: record and replay chain traffic:",
             "*--record-mode={none,once,new_episodes,all}*",
             "*--allow-host*",
+            "*--no-block-network*",
         ]
     )
 
@@ -704,3 +705,189 @@ def test_socket():  # not httpx: only the network guard stands in the way
     # Traffic to an allowed host is not recorded.
     for name in ("test_httpx", "test_socket"):
         assert load(inner.path / f"tests/cassettes/test_live/{name}.json")["interactions"] == []
+
+
+# --- the network closed for the whole session in record mode none -----------------------------
+
+# Inner modules reach the outer test's fake server (on 127.0.0.1) with no HTTP library of ours.
+REACH = """\
+import http.client
+import os
+from urllib.parse import urlsplit
+
+
+def reach():
+    server = urlsplit(os.environ["FAKE_OPENAI"])
+    connection = http.client.HTTPConnection(server.hostname, server.port, timeout=5)
+    connection.request("GET", "/v1/models")  # the fake server answers 404, and logs the request
+    return connection.getresponse().status == 404
+"""
+
+BLOCKED = "*NetworkBlockedError: chainkit blocked a connection to 127.0.0.1*--allow-host 127.0.0.1)"
+
+
+@pytest.fixture
+def reachable(inner: pytest.Pytester, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
+    """An inner project whose tests, with no cassette, reach the fake server: from a test, from a
+    session fixture (set up before any test), and (test_import_time.py) at import."""
+    monkeypatch.setenv("FAKE_OPENAI", server.base_url)
+    write_test(inner, "tests/reach.py", REACH)
+    write_test(
+        inner,
+        "tests/conftest.py",
+        """
+import pytest
+from reach import reach
+
+
+@pytest.fixture(scope="session")
+def reached_once():
+    return reach()
+""",
+    )
+    write_test(
+        inner,
+        "tests/test_unmarked.py",
+        """
+from reach import reach
+
+
+def test_plain():
+    assert reach()
+
+
+def test_session_fixture(reached_once):
+    assert reached_once
+""",
+    )
+    write_test(inner, "tests/test_import_time.py", "from reach import reach\n\nSTATUS = reach()\n")
+    inner.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nasyncio_default_fixture_loop_scope = "function"\npythonpath = ["tests"]\n'
+    )
+    return server
+
+
+def test_record_mode_none_closes_the_network_for_tests_without_a_cassette(
+    inner: pytest.Pytester, reachable: OpenAIServer
+) -> None:
+    for args in (["--record-mode=none"], []):  # explicit, and the default mode
+        result = inner.runpytest(*args, "tests/test_unmarked.py")
+        result.assert_outcomes(failed=1, errors=1)
+        result.stdout.fnmatch_lines([BLOCKED])
+        result = inner.runpytest(*args, "tests/test_import_time.py")  # at collection too
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([BLOCKED])
+    assert reachable.requests == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--allow-host=127.0.0.1"], ["--no-block-network"], ["--record-mode=once"]],
+    ids=["allow-host", "no-block-network", "recording"],
+)
+def test_the_session_network_opens_on_request(
+    inner: pytest.Pytester, reachable: OpenAIServer, args: list[str]
+) -> None:
+    inner.runpytest(*args).assert_outcomes(passed=2)
+    assert len(reachable.requests) == 3  # test_import_time, the session fixture, test_plain
+
+
+def test_a_recording_mode_in_the_environment_leaves_the_session_open(
+    inner: pytest.Pytester, reachable: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "once")
+    inner.runpytest().assert_outcomes(passed=2)
+    monkeypatch.setenv("CHAINKIT_ALLOW_HOSTS", "example.invalid, 127.0.0.1")
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "none")  # closed, but this host is allowed
+    inner.runpytest().assert_outcomes(passed=2)
+    assert len(reachable.requests) == 6
+
+
+def test_a_test_that_records_opens_the_network_for_itself_only(
+    inner: pytest.Pytester, reachable: OpenAIServer
+) -> None:
+    write_test(
+        inner,
+        "tests/test_mixed.py",
+        CLIENT
+        + """
+from reach import reach
+
+
+@pytest.mark.cassette(record_mode="once")
+def test_records():
+    assert ask("recorded") == "Answer to: recorded"
+
+
+def test_unmarked_after_it():
+    reach()
+""",
+    )
+    result = inner.runpytest("tests/test_mixed.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_unmarked_after_it*", BLOCKED])
+    assert [request.path for request in reachable.requests] == ["/v1/chat/completions"]
+    # --record-mode=none beats the marker: the recording test is closed too.
+    result = inner.runpytest("--record-mode=none", "tests/test_mixed.py")
+    result.assert_outcomes(passed=1, failed=1)  # test_records replays what it recorded above
+    assert len(reachable.requests) == 1
+
+
+def test_the_mlflow_tracking_server_stays_reachable_in_the_closed_session(
+    inner: pytest.Pytester, reachable: OpenAIServer
+) -> None:
+    write_test(
+        inner,
+        "tests/test_tracking.py",
+        """
+import os
+
+from reach import reach
+
+
+def test_tracking_server(monkeypatch):  # set during the test, as a fixture starting a server would
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["FAKE_OPENAI"].removesuffix("/v1"))
+    assert reach()
+
+
+def test_no_tracking_server():
+    reach()
+""",
+    )
+    result = inner.runpytest("tests/test_tracking.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_no_tracking_server*", BLOCKED])
+    assert len(reachable.requests) == 1
+
+
+def test_an_inner_session_leaves_the_outer_network_state_as_it_was(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from toolkit import network
+
+    def state() -> tuple[object, ...]:
+        return (tuple(network._guards), socket.getaddrinfo, socket.socket.connect)
+
+    before = state()
+    inner.makepyfile(
+        test_state="""
+        from toolkit import network
+
+        def test_closed():
+            assert network._guards and not network._guards[-1].allows("127.0.0.1")
+        """
+    )
+    inner.runpytest().assert_outcomes(passed=1)
+    assert state() == before
+    inner.runpytest("--no-block-network").assert_outcomes(failed=1)
+    assert state() == before
+    inner.makepyfile(test_broken="raise SystemExit(3)\n")  # an internal error, at collection
+    assert inner.runpytest().ret == pytest.ExitCode.INTERNAL_ERROR
+    assert state() == before
+    assert inner.runpytest("--help").ret == pytest.ExitCode.OK
+    assert state() == before
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "sometimes")  # fails in pytest_configure
+    assert inner.runpytest().ret == pytest.ExitCode.USAGE_ERROR
+    assert state() == before

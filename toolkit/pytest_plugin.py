@@ -1,6 +1,16 @@
 """pytest plugin: record and replay chain traffic in tests (registered through pytest11).
 
-Options: ``--record-mode {none,once,new_episodes,all}`` and ``--allow-host HOST`` (repeatable).
+Options: ``--record-mode {none,once,new_episodes,all}``, ``--allow-host HOST`` (repeatable) and
+``--no-block-network``.
+
+In record mode ``none`` (the session's: ``--record-mode``, else $CHAINKIT_RECORD_MODE, else
+none) the network is closed for the whole session, from configure to unconfigure: collection,
+session fixtures and tests without a cassette included, like pytest-recording's
+``--block-network`` but on by default. Open are: ``--allow-host`` hosts, $CHAINKIT_ALLOW_HOSTS,
+the MLflow tracking/registry server of the moment, and, for the duration of its own test, a test
+whose ``cassette`` marker records (``record_mode="once"`` with no ``--record-mode`` given).
+``--no-block-network`` leaves the session open (cassettes in mode none still close it while they
+are active).
 
 Marker: ``@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=())`` runs the test
 under a cassette, by default ``tests/cassettes/<module>/<test>.json`` beside the test file
@@ -26,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
     from toolkit.replay import CassetteSession
 
 RECORD_MODES = ("none", "once", "new_episodes", "all")
+_NETWORK_CLOSED = pytest.StashKey[bool]()  # set when the session closed the network
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +67,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="chainkit_allow_hosts",
         help="a host that tests may reach live even in record mode none (repeatable)",
     )
+    group.addoption(
+        "--no-block-network",
+        action="store_false",
+        default=True,
+        dest="chainkit_block_network",
+        help="in record mode none, leave the network open outside cassettes (default: closed for "
+        "the whole session but for --allow-host hosts)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,6 +90,48 @@ def pytest_configure(config: pytest.Config) -> None:
         RecordMode.parse(None)
     except UsageError as exc:
         raise pytest.UsageError(f"$CHAINKIT_RECORD_MODE: {exc}") from None
+    _close_the_network(config)
+
+
+def _close_the_network(config: pytest.Config) -> None:
+    from toolkit.network import NetworkGuard
+    from toolkit.replay import ALLOW_HOSTS_VARIABLE, RecordMode, mlflow_hosts
+
+    mode = RecordMode.parse(config.getoption("--record-mode"))
+    if mode is not RecordMode.NONE or not config.getoption("chainkit_block_network"):
+        return
+    env_hosts = os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",")
+    hosts = [*config.getoption("chainkit_allow_hosts"), *(host.strip() for host in env_hosts)]
+    # The tracking server is asked for at each refusal: a fixture may start one mid-session.
+    guard = NetworkGuard(hosts, also_allowed=mlflow_hosts).__enter__()
+    config.stash[_NETWORK_CLOSED] = True
+    config.add_cleanup(guard.__exit__)  # runs whatever ends the session, usage errors included
+
+
+def _records(item: pytest.Item) -> bool:
+    """Whether the test's marker records (only when --record-mode was not given)."""
+    from toolkit.errors import UsageError
+    from toolkit.replay import RecordMode
+
+    marker = item.get_closest_marker("cassette")
+    if marker is None or not marker.kwargs.get("record_mode") or item.config.getoption("--record-mode"):
+        return False
+    try:
+        return RecordMode.parse(marker.kwargs["record_mode"]) is not RecordMode.NONE
+    except UsageError:
+        return False  # reported by the cassette fixture
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if _NETWORK_CLOSED not in item.config.stash or not _records(item):
+        return (yield)
+    from toolkit.network import NetworkGuard
+
+    with NetworkGuard(allow_all=True):  # the innermost guard decides: open for this test
+        return (yield)
 
 
 @pytest.fixture
