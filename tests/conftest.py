@@ -15,7 +15,8 @@ import pytest
 from openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORDED = ROOT.parent / "shared" / "data" / "openai-recorded"
+#: Real OpenAI API responses, with their source and licence (tests/data/openai-recorded/README.md).
+RECORDED = ROOT / "tests" / "data" / "openai-recorded"
 OPENAI_BASE = "https://api.openai.com/v1"
 CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
 

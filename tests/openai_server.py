@@ -2,7 +2,7 @@
 
 The real API cannot be reached from here, so tests, benchmarks and cassette recording talk to this.
 Field names, ids, usage objects, headers and SSE framing follow the real api.openai.com responses
-recorded in /work/shared/data/openai-recorded. Bodies are a pure function of the request (ids are
+recorded in tests/data/openai-recorded. Bodies are a pure function of the request (ids are
 hashes of it, "created" is fixed), so recordings made against this server are reproducible.
 """
 

@@ -207,3 +207,31 @@ def test_usage_is_tied_to_the_cassette_content(tmp_path: Path) -> None:
     assert load_usage(path) == {0, 1}
     Cassette(path, [interaction("a")]).save()  # changed content: old usage no longer applies
     assert load_usage(path) is None
+
+
+def test_recording_writes_through_a_symlinked_cassette(tmp_path: Path, record_via: str) -> None:
+    """A cassettes/ entry that links (through a second, relative link) to a shared recording:
+    recording replaces the final target, and both links stay links."""
+    import openai
+
+    from toolkit import use_cassette
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "qa.json"
+    Cassette(target, [interaction("seed")]).save()
+    (shared / "alias.json").symlink_to("qa.json")
+    link = tmp_path / "cassettes" / "qa.json"
+    link.parent.mkdir()
+    link.symlink_to(shared / "alias.json")
+    client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-test", max_retries=0)
+    with use_cassette(link, "new_episodes", record_via=record_via):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert link.is_symlink() and (shared / "alias.json").is_symlink()
+    assert len(Cassette.load(target)) == 2  # the seed and the new recording, in the target
+    assert sorted(p.name for p in shared.iterdir()) == ["alias.json", "qa.json"]  # no temp file left
+    dangling = tmp_path / "cassettes" / "new.json"
+    dangling.symlink_to(shared / "new.json")  # a link made before its first recording
+    with use_cassette(dangling, "once", record_via=record_via):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert dangling.is_symlink() and len(Cassette.load(shared / "new.json")) == 1

@@ -509,3 +509,62 @@ def test_help_imports_neither_mlflow_nor_langchain() -> None:
     assert done.returncode == 0, done.stderr
     assert "Usage: chainkit run" in done.stdout
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# ------------------------------------------------ a miss stays a miss on every client family
+
+
+def test_run_miss_is_chainkits_error_after_one_attempt(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chains/qa.py builds ChatOpenAI with the client's default retries: on openai 2.x its retry
+    loop catches any transport error. The miss still reaches the user as chainkit's, at once."""
+    from toolkit.replay import CassetteSession
+
+    attempts: list[str] = []
+    handle = CassetteSession.handle
+
+    def counted(self: CassetteSession, request: Any, send: Any) -> Any:
+        attempts.append(str(request.url))
+        return handle(self, request, send)
+
+    monkeypatch.setattr(CassetteSession, "handle", counted)
+    result = run_qa(project, "What is MLflow??")
+    assert result.exit_code == 1
+    assert "Connection error" not in result.stderr
+    assert result.stderr.startswith(f"error: no recorded response in {project / 'cassettes' / 'qa.json'}")
+    assert 'messages[1].content: recorded "What is MLflow?", sent "What is MLflow??"' in result.stderr
+    assert attempts == ["https://api.openai.com/v1/chat/completions"]
+
+
+WRAPPING_CHAIN = """
+import mlflow
+from langchain_core.runnables import RunnableLambda
+from langchain_openai import ChatOpenAI
+
+INPUT_EXAMPLE = {"question": "What is MLflow?"}
+llm = ChatOpenAI(model="gpt-4o-mini", temperature=0)
+
+
+def ask(inputs):
+    try:
+        return llm.invoke(inputs["question"]).content
+    except Exception as exc:  # the chain's own vaguer error, as a client might raise it
+        raise RuntimeError("Connection error.") from exc
+
+
+mlflow.models.set_model(RunnableLambda(ask))
+"""
+
+
+def test_run_names_the_miss_that_the_chain_wrapped(project: Path) -> None:
+    (project / "chains" / "wrapping.py").write_text(WRAPPING_CHAIN)
+    shutil.copy(project / "cassettes" / "qa.json", project / "cassettes" / "wrapping.json")
+    result = invoke(project, "run", "wrapping", "--input", json.dumps({"question": "Not recorded"}))
+    assert result.exit_code == 1
+    assert "Connection error" not in result.stderr
+    assert result.stderr.startswith(
+        f"error: no recorded response in {project / 'cassettes' / 'wrapping.json'}"
+    )
+    assert "Closest recorded request: #0 POST https://api.openai.com/v1/chat/completions" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -401,3 +401,45 @@ def test_read_rows_streams_without_holding_the_file_in_memory(big_jsonl: Path) -
     finally:
         rows.close()
     assert _read_position(big_jsonl) is None  # closing the generator closes the file
+
+
+# --------------------------------------------------------------------------- whole-file check
+
+
+def test_count_rows_checks_every_row_and_names_the_bad_line(tmp_path: Path) -> None:
+    """An evaluation counts rows before the first one runs: a bad line 80 of 100 must fail there."""
+    lines = [json.dumps({"inputs": {"question": f"q{n}"}}) for n in range(100)]
+    lines[79] = '{"inputs": {"question": "q79"'  # cut short
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"^{path}:80: not valid JSON"):
+        count_rows(path)
+    lines[79] = json.dumps({"question": "q79"})  # valid JSON, not a row
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"^{path}:80: a row must be an object with 'inputs'"):
+        count_rows(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_count_rows_checks_csv_and_parquet_cells(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    cells = [json.dumps({"question": f"q{n}"}) for n in range(5)] + ["{oops"]
+    if suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows([["inputs"], *[[cell] for cell in cells]])
+    else:
+        pa = pytest.importorskip("pyarrow")
+        pq = pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.table({"inputs": cells}), path)
+    with pytest.raises(DatasetError, match=rf"^{path}:row 6: column 'inputs'"):
+        count_rows(path)
+
+
+def test_count_rows_streams_the_whole_file(big_jsonl: Path) -> None:
+    tracemalloc.start()
+    try:
+        assert count_rows(big_jsonl) == BIG_ROWS
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"counting allocated {peak} bytes at peak: the file was held whole"

@@ -546,3 +546,253 @@ def test_identical_rows_replay_their_own_answers_at_any_concurrency(
             project, EvalOptions(data=data, concurrency=8, tracking_uri=store(project)), chain="live"
         )
         assert [row["output"] for row in journal_rows(project, replayed.run_id)] == expected
+
+
+# ------------------------------------------------------------- no secret through a side door
+
+CANARIES = {
+    "OPENAI_API_KEY": "sk-canary-0123456789abcdefghijklmnopqrstuv",
+    "MY_SERVICE_TOKEN": "tok-canary-service-0123456789",
+    "DATABASE_URL": "postgres://user:dbpasscanary0123456789@db.internal/app",  # secret by its value
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/webhookcanary0123456789",
+}
+#: Each value, and the parts of the URLs that no encoding of them would change.
+FORBIDDEN = [*CANARIES.values(), "dbpasscanary0123456789", "webhookcanary0123456789"]
+MARKERS = [f"[REDACTED:{name}]" for name in CANARIES]
+CANARY_SCORERS = """
+def echo(outputs):
+    return outputs  # a string score: the table's score/echo column, an assessment on the trace
+
+
+def strict(outputs):
+    if "fail" in outputs:
+        raise ValueError("refusing " + outputs)  # the row's error message holds the secrets
+    return True
+"""
+
+
+def leaked_files(root: Path, skip: tuple[Path, ...] = ()) -> list[str]:
+    """Every file under ``root`` (sqlite databases, their -wal and -shm files, artifacts,
+    cassettes, recording logs) whose bytes hold a canary."""
+    return [
+        f"{path.relative_to(root)}: {[v for v in FORBIDDEN if v.encode() in data]}"
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path not in skip
+        for data in [path.read_bytes()]
+        if any(value.encode() in data for value in FORBIDDEN)
+    ]
+
+
+def test_no_secret_reaches_the_journal_mlflow_or_traces_and_resume_writes_none(
+    project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The value of every secret variable (by name, and a URL with a password) echoed by the
+    API in the answers, a prompt and an error message: the cassette refuses the recording (eval
+    exits 1, naming the variables), and the journal, the MLflow store (run, artifacts, traces,
+    assessments) hold ``[REDACTED:NAME]`` where it was, before and after ``--resume``."""
+    from mlflow.tracing.config import get_config
+
+    for name, value in CANARIES.items():
+        monkeypatch.setenv(name, value)
+    outside = tmp_path_factory.mktemp("canary-data")  # the user's own files, not chainkit's
+    (outside / "canary_scorers.py").write_text(CANARY_SCORERS)
+    monkeypatch.syspath_prepend(str(outside))
+    questions = ["leak 0", f"my token is {CANARIES['MY_SERVICE_TOKEN']}", "leak 2 fail", "plain question"]
+    data = write_dataset(outside / "d.jsonl", questions)
+
+    def responder(endpoint: str, body: dict[str, Any]) -> str:
+        question = body["messages"][-1]["content"]
+        if question.startswith("leak"):
+            return f"{question}: {' '.join(CANARIES.values())} password dbpasscanary0123456789"
+        return f"Answer to: {question}"
+
+    processors = list(get_config().span_processors)
+    args = ["--project", str(project.root), "eval", "live", "--data", str(data), "--record-mode", "all"]
+    args += ["--scorer", "canary_scorers:echo", "--scorer", "canary_scorers:strict", "--trace"]
+    args += ["--concurrency", "2", "--tracking-uri", store(project)]
+    with OpenAIServer(responder=responder) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        refused = CliRunner().invoke(cli, args)
+        # The rows ran and are journaled; the cassette refused them: the job fails, clearly.
+        assert refused.exit_code == 1, refused.output
+        assert "refused to write" in refused.stderr and "MY_SERVICE_TOKEN" in refused.stderr
+        assert not [value for value in FORBIDDEN if value in refused.output]
+        assert get_config().span_processors == processors  # the redaction processor is removed
+        mlflow.flush_trace_async_logging()
+        assert leaked_files(project.root) == []
+        (journal,) = (project.root / ".chainkit" / "runs").glob("*.sqlite")
+        rows = journal_rows(project, journal.stem)
+        assert len(rows) == 4 and all(marker in rows[0]["output"] for marker in MARKERS)
+        assert rows[0]["scores"]["echo"] == rows[0]["output"]
+        assert rows[1]["inputs"]["question"] == "my token is [REDACTED:MY_SERVICE_TOKEN]"
+        assert rows[2]["error"].startswith("ValueError: refusing leak 2 fail: [REDACTED:OPENAI_API_KEY]")
+
+        # A journal written before the scrub holds the raw value: --resume must not copy it.
+        with sqlite3.connect(journal) as db:
+            raw = {**rows[3], "output": f"raw {CANARIES['MY_SERVICE_TOKEN']}"}
+            db.execute("UPDATE rows SET result = ? WHERE idx = 3", (json.dumps(raw),))
+        db.close()
+        resumed = CliRunner().invoke(cli, [*args, "--resume", journal.stem, "--json"])
+        assert resumed.exit_code == 1, resumed.output  # the row whose scorer raised
+        summary = json.loads(resumed.stdout)["runs"][0]
+        assert (summary["run_id"], summary["rows"], summary["errors"]) == (journal.stem, 4, 1)
+        assert not [value for value in FORBIDDEN if value in resumed.output]
+    assert leaked_files(project.root, skip=(journal,)) == []
+    client = MlflowClient(tracking_uri=store(project))
+    assert client.get_run(journal.stem).info.status == "FINISHED"
+    every_row = Path(client.download_artifacts(journal.stem, "eval_results.jsonl")).read_text()
+    assert all(marker in every_row for marker in MARKERS) and "raw [REDACTED:MY_SERVICE_TOKEN]" in every_row
+    table = json.loads(Path(client.download_artifacts(journal.stem, "eval_results_table.json")).read_text())
+    frame = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
+    assert all(marker in frame["output"][0] and marker in frame["score/echo"][0] for marker in MARKERS)
+    trace = client.get_trace(rows[0]["trace_id"])
+    spans = json.dumps([span.to_dict() for span in trace.data.spans])
+    assert all(marker in spans for marker in MARKERS) and len(trace.data.spans) > 1
+    assessments = {a.name: a.value for a in trace.info.assessments}
+    assert assessments["echo"] == rows[0]["output"]
+
+
+def test_tags_and_params_eval_sets_are_scrubbed(
+    project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The dataset's path and name become a tag and a param of the run: scrubbed like the rest."""
+    token = "tok-canary-service-0123456789"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", token)
+    folder = tmp_path_factory.mktemp("data") / token
+    folder.mkdir()
+    data = folder / f"{token}.jsonl"
+    shutil.copy(project.datasets_dir / "qa.jsonl", data)
+    summary = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="qa")
+    assert summary.errors == 0
+    run = MlflowClient(tracking_uri=store(project)).get_run(summary.run_id)
+    marker = "[REDACTED:MY_SERVICE_TOKEN]"
+    assert run.data.tags["chainkit.dataset"].endswith(f"{marker}/{marker}.jsonl")
+    assert run.data.params["dataset"] == f"{marker}.jsonl"
+    assert leaked_files(project.root) == []
+
+
+# ------------------------------------------------------- resume: the same run, nothing else
+
+
+def eval_cli(project: Project, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli, ["--project", str(project.root), "eval", *args, "--tracking-uri", store(project)]
+    )
+
+
+def test_resume_refuses_another_chain_model_or_options(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eval rag --resume <a qa run>` used to exit 0, log a rag model and attach qa's metrics."""
+    data = str(project.datasets_dir / "qa.jsonl")
+    qa = evaluate(project, EvalOptions(data=Path(data), tracking_uri=store(project)), chain="qa")
+    (tmp_path / "resume_scorers.py").write_text("def short(outputs):\n    return len(outputs) < 500\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    other = write_dataset(project.root / "other.jsonl", ["What is MLflow?"])
+    model = f"models:/{qa.model_id}"
+    refused = {
+        "it evaluated chain qa, not chain rag": ["rag", "--data", data],
+        f"it evaluated chain qa, not {model}": ["--model-uri", model, "--data", data],
+        f"{other} changed since run {qa.run_id} started (its sha256 differs)": ["qa", "--data", str(other)],
+        "it ran in record mode none, not once": ["qa", "--data", data, "--record-mode", "once"],
+        'its extra scorers were [], not ["resume_scorers:short"]': [
+            *("qa", "--data", data),
+            *("--scorer", "resume_scorers:short"),
+        ],
+        'its aggregations were ["mean"], not ["max", "mean"]': [
+            *("qa", "--data", data),
+            *("--aggregate", "mean,max"),
+        ],
+    }
+    for reason, args in refused.items():
+        result = eval_cli(project, *args, "--resume", qa.run_id)
+        assert result.exit_code == 2, (reason, result.output)
+        assert f"error: --resume {qa.run_id} does not match that run: {reason}; " in result.stderr
+    chain = project.chains_dir / "qa.py"
+    chain.write_text(chain.read_text() + "\n# edited after the run started\n")
+    result = eval_cli(project, "qa", "--data", data, "--resume", qa.run_id)
+    assert result.exit_code == 2 and "the chain's code changed since run" in result.stderr
+    # Nothing was logged or scored by the refused resumes.
+    logged = mlflow.search_logged_models(output_format="list")
+    assert [model.model_id for model in logged] == [qa.model_id]
+    run = MlflowClient(tracking_uri=store(project)).get_run(qa.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["rows"] == 2
+
+
+def test_resume_keeps_the_run_model_and_may_change_concurrency(project: Project) -> None:
+    data = project.datasets_dir / "qa.jsonl"
+    first = evaluate(project, EvalOptions(data=data, tracking_uri=store(project), concurrency=1), chain="qa")
+    # Between a kill and a resume in a record mode the cassette changes, and with it the chain's
+    # fingerprint: the resume must not log a new model and give it the run's metrics.
+    cassette = project.cassette_for("qa")
+    document = json.loads(cassette.read_text())
+    extra = json.loads(json.dumps(document["interactions"][0]))
+    extra["request"]["json"]["messages"][-1]["content"] = "Recorded after the kill?"
+    document["interactions"].append(extra)
+    cassette.write_text(json.dumps(document))
+    again = EvalOptions(data=data, tracking_uri=store(project), concurrency=4, resume=first.run_id)
+    resumed = evaluate(project, again, chain="qa")
+    assert (resumed.run_id, resumed.model_id, resumed.skipped_rows) == (first.run_id, first.model_id, 2)
+    assert [model.model_id for model in mlflow.search_logged_models(output_format="list")] == [first.model_id]
+    assert {m.key for m in mlflow.get_logged_model(first.model_id).metrics} >= {"contains/mean", "rows"}
+
+
+# ------------------------------------------------------------- a malformed dataset, up front
+
+
+def test_a_malformed_line_fails_before_any_row_runs(project: Project) -> None:
+    """Line 80 of 100 broken: 68 rows used to run before the error, and the FAILED run could not
+    be resumed after the fix (the file's hash had changed). Now: no row, no run."""
+    lines = [json.dumps({"inputs": {"question": "What is MLflow?"}}) for _ in range(100)]
+    lines[79] = '{"inputs": {"question": "What is MLflow?"'
+    data = project.root / "broken.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    result = eval_cli(project, "qa", "--data", str(data))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {data}:80: not valid JSON")
+    assert not (project.root / ".chainkit" / "runs").exists()  # no row ran
+    if (project.root / "mlflow.db").exists():
+        client = MlflowClient(tracking_uri=store(project))
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+# ---------------------------------------------------------- a chain's sys.exit() in a row
+
+
+EXITS = '''"""Calls sys.exit(4) on one question, at call time."""
+
+import sys
+
+import mlflow
+from langchain_core.runnables import RunnableLambda
+
+INPUT_EXAMPLE = {"question": "fine"}
+
+
+def answer(inputs):
+    if inputs["question"] == "exit":
+        sys.exit(4)
+    return "fine"
+
+
+mlflow.models.set_model(RunnableLambda(answer))
+'''
+
+
+def test_a_chain_that_calls_sys_exit_fails_its_row_or_its_job_with_the_reason(project: Project) -> None:
+    (project.chains_dir / "exits.py").write_text(EXITS)
+    Cassette(project.cassette_for("exits")).save()
+    data = write_dataset(project.root / "d.jsonl", ["fine", "exit", "fine too"])
+    result = eval_cli(project, "exits", "--data", str(data), "--json")
+    assert result.exit_code == 1, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    rows = journal_rows(project, run["run_id"])
+    assert [row["error"] is None for row in rows] == [True, False, True]
+    assert rows[1]["error"].startswith("ChainExitError: chain exits called sys.exit(4)")
+    (project.chains_dir / "exits_at_import.py").write_text(
+        "import sys\nimport mlflow\nsys.exit(3)\nmlflow.models.set_model(None)\n"
+    )
+    Cassette(project.cassette_for("exits_at_import")).save()
+    result = eval_cli(project, "exits_at_import", "--data", str(data))
+    assert result.exit_code == 1
+    assert "exits_at_import.py: loading it called sys.exit(3)" in result.stderr

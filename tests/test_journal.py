@@ -157,3 +157,26 @@ def test_rows_survive_sigkill_right_after_write(tmp_path: Path) -> None:
         assert all(journal.is_done(index) for index in range(rows))
         assert [row["index"] for row in journal.results()] == list(range(rows))
         assert journal.get_meta("dataset_sha256") == "abc"
+
+
+def test_a_secret_never_reaches_the_file_nor_its_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "tok-canary-journal-0123456789"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", token)
+    monkeypatch.setenv("DATABASE_URL", "postgres://user:dbpasscanary0123456789@db/app")
+    path = tmp_path / "run.sqlite"
+    with Journal(path) as journal:
+        journal.write(0, result(0, output=f"the token is {token}", error=f"ValueError: {token}"))
+        journal.write(1, {"index": 1, "inputs": {token: ["password dbpasscanary0123456789"]}})
+        journal.set_meta("note", f"started with {token}")
+        # While the journal is open its rows sit in the write-ahead log: read every file.
+        files = sorted(tmp_path.iterdir())
+        assert {file.name for file in files} >= {"run.sqlite", "run.sqlite-wal"}
+        for file in files:
+            data = file.read_bytes()
+            assert token.encode() not in data and b"dbpasscanary0123456789" not in data, file.name
+        first, second = journal.results()
+        assert first["output"] == "the token is [REDACTED:MY_SERVICE_TOKEN]"
+        assert first["error"] == "ValueError: [REDACTED:MY_SERVICE_TOKEN]"
+        assert second["inputs"] == {"[REDACTED:MY_SERVICE_TOKEN]": ["password [REDACTED:DATABASE_URL]"]}
+        assert journal.get_meta("note") == "started with [REDACTED:MY_SERVICE_TOKEN]"
+    assert token.encode() not in path.read_bytes()

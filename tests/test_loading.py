@@ -16,7 +16,7 @@ from conftest import ROOT
 from langchain_core.runnables import Runnable, RunnableLambda
 from mlflow.pyfunc import PythonModel
 
-from toolkit.errors import ChainLoadError
+from toolkit.errors import ChainExitError, ChainLoadError
 from toolkit.loading import check_model, load_chain, on_sys_path, predict_python_model
 
 GOOD = """\
@@ -286,3 +286,60 @@ def test_predict_python_model_passes_none_as_context_when_declared() -> None:
 
 def test_predict_python_model_omits_context_when_not_declared() -> None:
     assert predict_python_model(WithoutContext(), ["a", "b"]) == ["A", "B"]
+
+
+# --- a chain's own sys.exit() fails that chain, not chainkit ------------------------------
+
+EXITS_WHEN_CALLED = """\
+import sys
+
+import mlflow
+from langchain_core.runnables import RunnableLambda
+
+INPUT_EXAMPLE = {"question": "fine"}
+
+
+def answer(inputs):
+    if inputs["question"] == "exit":
+        sys.exit(4)
+    return "fine"
+
+
+mlflow.models.set_model(RunnableLambda(answer))
+"""
+
+
+def test_sys_exit_at_import_is_a_chain_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "exits.py", "import sys\nimport mlflow\nsys.exit(3)\nmlflow.models.set_model(None)\n"
+    )
+    with pytest.raises(ChainExitError) as caught:
+        load_chain(path)
+    assert f"{path}: loading it called sys.exit(3)" in str(caught.value)
+
+
+def test_ctrl_c_at_import_still_stops_everything(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "interrupted.py", "import mlflow\nraise KeyboardInterrupt\nmlflow.models.set_model(None)\n"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        load_chain(path)
+
+
+def test_chainkit_run_of_a_chain_that_exits_fails_alone_with_its_reason(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from toolkit.cassette import Cassette
+    from toolkit.cli import cli
+
+    (tmp_path / "chains").mkdir()
+    write(tmp_path / "chains" / "exits.py", EXITS_WHEN_CALLED)
+    Cassette(tmp_path / "cassettes" / "exits.json").save()
+    runner = CliRunner()
+    fine = runner.invoke(cli, ["--project", str(tmp_path), "run", "exits", "--input", '{"question": "fine"}'])
+    assert fine.exit_code == 0 and fine.stdout.strip() == "fine"
+    result = runner.invoke(
+        cli, ["--project", str(tmp_path), "run", "exits", "--input", '{"question": "exit"}']
+    )
+    assert result.exit_code == 1, result.output
+    assert "chain exits called sys.exit(4)" in result.stderr

@@ -396,3 +396,54 @@ def test_logs_to_a_real_tracking_server_over_http(tmp_path: Path, mlflow_server:
     with use_cassette(project.cassette_for("qa"), "none"):  # the server stays reachable in mode none
         model = mlflow.pyfunc.load_model("models:/qa@candidate")
         assert "MLflow" in model.predict({"question": "What is MLflow?"})[0]
+
+
+def test_two_processes_on_a_fresh_project_both_create_the_store(tmp_path: Path) -> None:
+    """MLflow creates and migrates a sqlite store when it first opens it: two `chainkit log` at
+    once on a fresh project used to break the migration (`duplicate column name: step`). The race
+    is in opening the store, so a project without chains shows it at a fraction of the cost."""
+    for attempt in range(2):
+        root = tmp_path / f"p{attempt}"
+        (root / "chains").mkdir(parents=True)
+        command = [sys.executable, "-m", "toolkit", "--project", str(root), "log", "--json"]
+        both = [
+            subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        for process in both:
+            _, err = process.communicate(timeout=180)
+            assert process.returncode == 0, f"attempt {attempt}: {err.decode()}"
+        experiments = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+        assert [e.name for e in experiments if e.name == "chainkit"] == ["chainkit"]
+        assert (root / "mlflow.db.lock").is_file()  # the lock lives beside the store
+
+
+def test_a_chain_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
+    """sys.exit() in a chain's code, at import or while MLflow logs it, fails that chain with its
+    reason; the chains after it still log (it used to end `chainkit log` silently with exit 3)."""
+    import json
+
+    project = Project.at(tmp_path)
+    project.chains_dir.mkdir()
+    shutil.copy(ROOT / "chains" / "qa.py", project.chains_dir)
+    shutil.copytree(ROOT / "cassettes", project.cassettes_dir)
+    (project.chains_dir / "exits.py").write_text(
+        "import sys\nimport mlflow\nsys.exit(3)\nmlflow.models.set_model(None)\n"
+    )
+    (project.chains_dir / "exits_late.py").write_text(
+        "import sys\nimport mlflow\nfrom langchain_core.runnables import RunnableLambda\n\n"
+        'INPUT_EXAMPLE = {"question": "exit"}\n\n'
+        "mlflow.models.set_model(RunnableLambda(lambda inputs: sys.exit(4)))\n"
+    )
+    Cassette(project.cassette_for("exits")).save()
+    Cassette(project.cassette_for("exits_late")).save()
+    result = CliRunner().invoke(cli, ["--project", str(project.root), "log", "--json"])
+    assert result.exit_code == 1, result.output
+    by_name = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert by_name["qa"]["status"] == "logged"
+    assert by_name["exits"]["status"] == "failed"
+    assert "exits.py: loading it called sys.exit(3)" in by_name["exits"]["error"]
+    assert by_name["exits_late"]["error"] == (
+        "chain exits_late: its code called sys.exit(4); a chain must raise an exception, not exit "
+        "the process: fix the chain's code"
+    )

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import CassetteError
-from toolkit.redaction import check_no_secrets
+from toolkit.redaction import check_no_secrets, scrub_text
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "chainkit_cassette"
@@ -340,7 +340,11 @@ def _event_from_json(item: Mapping[str, Any]) -> Event:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new, never half."""
+    """Replace ``path`` with ``data`` so that readers see the old file or the new, never half.
+
+    A symlink is written through: its final target is replaced (the temp file sits beside the
+    target, so the rename stays on one file system) and the link is left as it was."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -393,5 +397,6 @@ def add_usage(cassette_path: Path, used: Iterable[int]) -> None:
     """Merge ``used`` into the usage file; best effort (a read-only checkout is fine)."""
     merged = (load_usage(cassette_path) or set()) | set(used)
     document = {"sha256": file_sha256(cassette_path), "used": sorted(merged)}
+    text, _ = scrub_text(json.dumps(document))  # indices and a digest; scrubbed like every write
     with contextlib.suppress(OSError):
-        atomic_write(usage_path(cassette_path), json.dumps(document).encode("utf-8"))
+        atomic_write(usage_path(cassette_path), text.encode("utf-8"))

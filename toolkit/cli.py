@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from toolkit.errors import ChainkitError, UsageError
+from toolkit.errors import ChainkitError, UsageError, refusal_in
 
 F = TypeVar("F", bound=Callable[..., Any])
 RECORD_MODES = ["none", "once", "new_episodes", "all"]
@@ -66,7 +66,11 @@ def reports_errors(func: F) -> F:
         except ChainkitError as exc:
             fail(ctx, exc, 1)
         except Exception as exc:  # a chain's own failure: name it, don't dump a traceback
-            fail(ctx, exc, 1, prefix=f"{type(exc).__name__}: ")
+            refusal = refusal_in(exc)
+            if refusal is None:
+                fail(ctx, exc, 1, prefix=f"{type(exc).__name__}: ")
+            else:  # a miss that a client or the chain's code wrapped: chainkit's words, not theirs
+                fail(ctx, refusal, 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -283,6 +287,46 @@ def log_command(
         if uri.startswith("sqlite:"):
             click.echo(f"\nbrowse them: .venv/bin/mlflow ui --backend-store-uri {uri}")
     if not all(result.ok for result in results):
+        obj_exit(1)
+
+
+# ---------------------------------------------------------------------------------- verify
+
+
+@cli.command("verify")
+@click.argument("target", metavar="CHAIN|MODEL_URI")
+@click.option("--keep", is_flag=True, help="Keep the scratch folder (model copy, input, output, logs).")
+@tracking_uri_option
+@json_option
+@click.pass_obj
+@reports_errors
+def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | None, as_json: bool) -> None:
+    """Prove a logged model in a clean environment built from its own requirements.
+
+    CHAIN: the model logged for the chain as it is now (logged first if needed). The model's
+    input example is predicted offline from the recordings it carries, with chainkit added only
+    as the replay harness, and compared with this process's prediction.
+    """
+    from toolkit.verify import verify
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = verify(obj.project, target, tracking_uri=tracking_uri, keep=keep)
+    env = result.environment
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for problem in result.problems:
+            click.echo(f"problem: {problem}", err=True)
+        verdict = "verified" if result.ok else "FAILED"
+        model = "" if result.model_uri == target else f" ({result.model_uri})"
+        click.echo(f"{verdict}: {target}{model} in a clean environment, {result.seconds:.1f}s")
+        if env is not None:
+            how = f"built in {env.seconds:.1f}s" if env.built else "cached"
+            added = ", ".join(env.harness_added) or "nothing"
+            click.echo(f"environment: {env.path} ({how}); added for the replay harness: {added}")
+        if result.workdir is not None:
+            click.echo(f"kept: {result.workdir}")
+    if not result.ok:
         obj_exit(1)
 
 
@@ -505,6 +549,47 @@ def cassette_prune(path: Path) -> None:
 
     kept, dropped = prune(path)
     click.echo(f"{path}: kept {kept}, dropped {dropped} unused interactions")
+
+
+# ----------------------------------------------------------------------------------- proxy
+
+
+@cli.command("proxy")
+@click.argument("cassettes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True, help="0 picks a free port.")
+@record_mode_option
+@click.option(
+    "--upstream",
+    default=None,
+    metavar="URL",
+    help="Where live requests go in record modes (default: $CHAINKIT_RECORD_VIA, else api.openai.com).",
+)
+@reports_errors
+def proxy_command(
+    cassettes: tuple[Path, ...], host: str, port: int, record_mode: str | None, upstream: str | None
+) -> None:
+    """Serve CASSETTES to any OpenAI client: OPENAI_BASE_URL=<the URL printed on stdout>.
+
+    Several cassettes each answer what they hold; new recordings go into the last. Stops
+    gracefully on Ctrl-C or SIGTERM, recordings saved.
+    """
+    from toolkit.proxy import serve
+    from toolkit.replay import RecordMode
+
+    mode = RecordMode.parse(record_mode)
+
+    def ready(url: str) -> None:
+        click.echo(url)  # stdout holds this one line: scripts wait for it
+        names = ", ".join(map(str, cassettes))
+        click.echo(f"chainkit proxy: {names} (record mode {mode.value}) at {url}; Ctrl-C stops", err=True)
+
+    sessions = serve(cassettes, host=host, port=port, record_mode=mode, upstream=upstream, on_ready=ready)
+    for session in sessions:
+        click.echo(
+            f"chainkit proxy: {session.path}: {session.replayed} replayed, {len(session.new)} recorded",
+            err=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -30,15 +30,16 @@ from typing import Any
 
 from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
-from toolkit.discovery import Flavor, discover
-from toolkit.errors import NetworkBlockedError, ReplayMissError, UsageError
+from toolkit.discovery import ChainSpec, Flavor, discover
+from toolkit.errors import RequestRefusedError, UsageError, refusal_in
 from toolkit.exchanges import Exchange, collect_exchanges
 from toolkit.journal import Journal
-from toolkit.loading import load_chain, on_sys_path, predict_python_model
+from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
 from toolkit.matching import replay_scope
 from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
+from toolkit.redaction import redact_span, scrub, secret_values
 from toolkit.replay import RecordMode, use_cassette
 from toolkit.scorers import MEASURES, Aggregate, resolve, score
 
@@ -163,10 +164,8 @@ class RowRunner:
                     started = time.perf_counter()
                     try:
                         output, error = plain(await self._call(row.inputs)), None
-                    except (NetworkBlockedError, ReplayMissError) as exc:
-                        error = exc
-                    except Exception as exc:
-                        error = exc
+                    except Exception as exc:  # a miss is the row's error, even one a client wrapped
+                        error = refusal_in(exc) or exc
                     latency = time.perf_counter() - started
                     if span is not None:
                         span.set_outputs(output)
@@ -184,7 +183,7 @@ class RowRunner:
         if error is None:
             try:
                 scores = score(self.scorers, row.inputs, output, row.expectations)
-            except (NetworkBlockedError, ReplayMissError):
+            except RequestRefusedError:
                 raise  # a scorer that needs the network: the whole job stops, clearly
             except Exception as exc:
                 error = exc
@@ -230,19 +229,23 @@ class RowRunner:
 
 @contextlib.contextmanager
 def _tracing(enabled: bool, model_id: str | None) -> Iterator[None]:
-    """With --trace: LangChain autologging on, traces linked to the evaluated model."""
-    if not enabled:
-        yield
-        return
+    """Every span scrubbed before export while the job runs (a chain may trace on its own);
+    with --trace: LangChain autologging on, traces linked to the evaluated model."""
     import mlflow
+    from mlflow.tracing.config import get_config
 
-    mlflow.langchain.autolog()
-    if model_id:
-        mlflow.set_active_model(model_id=model_id)
-    try:
-        yield
-    finally:
-        mlflow.langchain.autolog(disable=True)
+    # As a context manager, configure() restores the processors it found on exit.
+    with mlflow.tracing.configure(span_processors=[*get_config().span_processors, redact_span]):
+        if not enabled:
+            yield
+            return
+        mlflow.langchain.autolog()
+        if model_id:
+            mlflow.set_active_model(model_id=model_id)
+        try:
+            yield
+        finally:
+            mlflow.langchain.autolog(disable=True)
 
 
 def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
@@ -251,7 +254,8 @@ def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
     from mlflow.entities import AssessmentSource
 
     source = AssessmentSource(source_type="CODE", source_id="chainkit")
-    for name, value in scores.items():
+    clean, _ = scrub(dict(scores))
+    for name, value in clean.items():
         mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
 
 
@@ -349,18 +353,25 @@ class Target:
     load: Callable[[], Invoke]
 
 
-def _chain_target(project: Project, name: str, experiment_id: str, record_mode: str | None) -> Target:
-    spec = discover(project.chains_dir).get(name)
-    model_id = log_chain(project, spec, experiment_id, record_mode=record_mode).model_id
+def _chain_target(
+    project: Project, spec: ChainSpec, experiment_id: str, record_mode: str | None, model_id: str | None
+) -> Target:
+    """``model_id``: the resumed run's model. It is kept, not logged again: in record modes the
+    cassette (part of a model's fingerprint) changed since the run started, and a new model
+    would get the metrics of rows the run's model answered."""
+    if model_id is None:
+        with chain_code(f"chain {spec.name}"):  # logging runs the chain on its example
+            model_id = log_chain(project, spec, experiment_id, record_mode=record_mode).model_id
+    what = f"chain {spec.name}"
 
     def load() -> Invoke:
         with on_sys_path(project.chains_dir):
             chain = load_chain(spec.path, spec.model_config)
         if spec.flavor is Flavor.PYFUNC:
-            return lambda inputs: predict_python_model(chain, inputs)
-        return chain.invoke  # type: ignore[no-any-return]
+            return guarded(lambda inputs: predict_python_model(chain, inputs), what)
+        return guarded(chain.invoke, what)
 
-    return Target(name, model_id, project.cassette_for(name), load)
+    return Target(spec.name, model_id, project.cassette_for(spec.name), load)
 
 
 def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Target:
@@ -376,11 +387,12 @@ def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Ta
     path = cassette or project.cassette_for(str(name))
 
     def load() -> Invoke:
-        model = mlflow.pyfunc.load_model(model_uri)
+        with chain_code(f"model {model_uri}: loading it"):
+            model = mlflow.pyfunc.load_model(model_uri)
         if "langchain" in model.metadata.flavors:
             # The logged chain itself, called as serving calls it per request. (pyfunc.predict
             # would run it in MLflow's own thread pool, out of reach of per-row accounting.)
-            return model.get_raw_model().invoke  # type: ignore[no-any-return]
+            return guarded(model.get_raw_model().invoke, f"model {model_uri}")
 
         def predict(inputs: Any) -> Any:
             output = model.predict(inputs)
@@ -391,7 +403,7 @@ def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Ta
                 else output
             )
 
-        return predict
+        return guarded(predict, f"model {model_uri}")
 
     return Target(str(name or model_uri), model_id, path, load)
 
@@ -412,23 +424,36 @@ def evaluate(
     mode = RecordMode.parse(options.record_mode)
     scorers = resolve(options.scorers, offline=mode is RecordMode.NONE)
     aggregates = {name: Aggregate(options.aggregations) for name in MEASURES}  # also validates names
-    total = count_rows(options.data)
+    total = count_rows(options.data)  # reads every row: a malformed file fails before any run exists
     dataset_sha = file_digest(options.data)
+    settings = _settings(options, mode, dataset_sha)
     started = time.perf_counter()
     with quiet_mlflow():
         experiment_id = use_tracking(project, options.tracking_uri)
+        resumed = _resumed_run(options.resume) if options.resume else None
         if chain is not None:
-            target = _chain_target(project, chain, experiment_id, options.record_mode)
+            spec = discover(project.chains_dir).get(chain)
+            settings |= {
+                "chainkit.evaluated": f"chain {chain}",
+                "chainkit.chain_sha256": file_sha256(spec.path) or "",
+                "chainkit.cassette": str(project.cassette_for(chain)),
+            }
+            _check_resume(resumed, settings, options)  # before logging: a refused resume logs nothing
+            model_id = resumed.data.tags.get("chainkit.model_id") if resumed else None
+            target = _chain_target(project, spec, experiment_id, options.record_mode, model_id)
         elif model_uri is not None:
             target = _model_target(project, model_uri, cassette)
+            settings |= {"chainkit.evaluated": model_uri, "chainkit.cassette": str(target.cassette)}
+            settings |= {"chainkit.model_id": target.model_id} if target.model_id else {}
+            _check_resume(resumed, settings, options)
         else:
             raise UsageError("name a CHAIN or pass --model-uri")
-        run = _start_run(mlflow, target, options, mode, dataset_sha)
+        run = _start_run(mlflow, target, options, mode, dataset_sha, settings)
         run_id = run.info.run_id
         journal = Journal(project.root / ".chainkit" / "runs" / f"{run_id}.sqlite")
         status = "FAILED"
         try:
-            _check_resume(journal, options, dataset_sha)
+            _pin_dataset(journal, options, dataset_sha)
             progress = Progress(total, options.progress, done=journal.count())
             limit = AdaptiveLimit(options.concurrency)
             with (
@@ -455,14 +480,16 @@ def evaluate(
             mlflow.end_run(status=status)
 
 
-def _start_run(mlflow: Any, target: Target, options: EvalOptions, mode: RecordMode, dataset_sha: str) -> Any:
+def _start_run(
+    mlflow: Any,
+    target: Target,
+    options: EvalOptions,
+    mode: RecordMode,
+    dataset_sha: str,
+    settings: Mapping[str, str],
+) -> Any:
     if options.resume:
-        try:
-            return mlflow.start_run(run_id=options.resume)
-        except Exception as exc:
-            raise UsageError(
-                f"--resume {options.resume}: no such MLflow run ({exc}); check the run id"
-            ) from exc
+        return mlflow.start_run(run_id=options.resume)
     from toolkit import __version__
 
     tags = {
@@ -475,12 +502,71 @@ def _start_run(mlflow: Any, target: Target, options: EvalOptions, mode: RecordMo
     }
     if target.model_id:
         tags["chainkit.model_id"] = target.model_id
-    run = mlflow.start_run(run_name=f"eval-{target.name}", tags=tags)
-    mlflow.log_params({"concurrency": options.concurrency, "dataset": options.data.name})
+    tags |= settings  # what a --resume of this run must match
+    run = mlflow.start_run(run_name=f"eval-{target.name}", tags=scrub(tags)[0])
+    mlflow.log_params(scrub({"concurrency": options.concurrency, "dataset": options.data.name})[0])
     return run
 
 
-def _check_resume(journal: Journal, options: EvalOptions, dataset_sha: str) -> None:
+def _settings(options: EvalOptions, mode: RecordMode, dataset_sha: str) -> dict[str, str]:
+    """What gives a run's rows their meaning, so a resume must match it (with the chain or model,
+    added by the caller). --concurrency, --prices, --trace and --allow-host may change on resume:
+    they decide how rows run, not what answers or scores them."""
+    return {
+        "chainkit.dataset_sha256": dataset_sha,
+        "chainkit.record_mode": mode.value,
+        "chainkit.scorers": json.dumps(sorted(set(options.scorers))),
+        "chainkit.aggregations": json.dumps(sorted(set(options.aggregations))),
+    }
+
+
+def _resumed_run(run_id: str) -> Any:
+    from mlflow import MlflowClient
+
+    try:
+        return MlflowClient().get_run(run_id)
+    except Exception as exc:
+        raise UsageError(f"--resume {run_id}: no such MLflow run ({exc}); check the run id") from exc
+
+
+def _check_resume(run: Any, settings: Mapping[str, str], options: EvalOptions) -> None:
+    """Refuse to finish ``run`` with another chain, model, dataset, record mode or scoring."""
+    if run is None:
+        return
+    run_id, tags = run.info.run_id, dict(run.data.tags)
+    if "chainkit.dataset_sha256" not in tags:
+        raise UsageError(f"--resume {run_id}: that run is not a chainkit evaluation; check the run id")
+    if "chainkit.evaluated" not in tags:  # a run started before chainkit recorded it
+        tags["chainkit.evaluated"] = f"chain {tags.get('chainkit.chain')}"
+    now = scrub(dict(settings))[0]
+    # A key the run lacks was not recorded yet when it started: nothing to compare.
+    changed = [key for key in now if tags.get(key) not in (None, now[key])]
+    if "chainkit.evaluated" in changed:  # another chain or model: the other differences follow
+        changed = ["chainkit.evaluated"]
+    if changed:
+        differences = "; ".join(
+            _DIFFERENCES[key].format(then=tags[key], now=now[key], data=options.data, run=run_id)
+            for key in changed
+        )
+        raise UsageError(
+            f"--resume {run_id} does not match that run: {differences}; resume with the chain and "
+            "options the run started with, or start a new run without --resume"
+        )
+
+
+_DIFFERENCES = {
+    "chainkit.evaluated": "it evaluated {then}, not {now}",
+    "chainkit.model_id": "it evaluated model {then}, not {now}",
+    "chainkit.chain_sha256": "the chain's code changed since run {run} started (its sha256 differs)",
+    "chainkit.dataset_sha256": "{data} changed since run {run} started (its sha256 differs)",
+    "chainkit.cassette": "it replayed {then}, not {now}",
+    "chainkit.record_mode": "it ran in record mode {then}, not {now}",
+    "chainkit.scorers": "its extra scorers were {then}, not {now}",
+    "chainkit.aggregations": "its aggregations were {then}, not {now}",
+}
+
+
+def _pin_dataset(journal: Journal, options: EvalOptions, dataset_sha: str) -> None:
     recorded = journal.get_meta("dataset_sha256")
     if recorded is None:
         journal.set_meta("dataset_sha256", dataset_sha)
@@ -509,8 +595,10 @@ def _finish(
         mlflow.flush_trace_async_logging()  # the rows' traces must exist before feedback on them
     with tempfile.TemporaryDirectory() as folder:
         every_row = Path(folder) / "eval_results.jsonl"
+        secrets = secret_values()
         with every_row.open("w", encoding="utf-8") as out:
             for result in journal.results():
+                result, _ = scrub(result, secrets)  # a journal from before the scrub, resumed
                 rows += 1
                 errors += result["error"] is not None
                 replayed += result["replayed"] is True

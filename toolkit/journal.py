@@ -4,6 +4,9 @@ A SQLite file per MLflow run (``.chainkit/runs/<run_id>.sqlite``): one committed
 row, so a job killed at any moment (SIGKILL included) keeps every row it finished, and
 ``--resume`` skips them. Reading back is ordered by row index, streaming: the final table is
 in dataset order whatever order rows finished in, without holding it in memory.
+
+What is written is scrubbed first (``toolkit.redaction.scrub``): the value of a secret from the
+environment never reaches the file (nor its write-ahead log), only ``[REDACTED:NAME]``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from toolkit.redaction import scrub, scrub_text
 
 
 class Journal:
@@ -40,7 +45,8 @@ class Journal:
         return None if found is None else str(found[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        """Stored scrubbed: compare what ``get_meta`` returns with ``scrub_text(value)[0]``."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, scrub_text(value)[0]))
 
     def is_done(self, index: int) -> bool:
         return self._db.execute("SELECT 1 FROM rows WHERE idx = ?", (index,)).fetchone() is not None
@@ -49,9 +55,10 @@ class Journal:
         return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
 
     def write(self, index: int, result: dict[str, Any]) -> None:
+        clean, _ = scrub(result)
         self._db.execute(
             "INSERT OR REPLACE INTO rows VALUES (?, ?)",
-            (index, json.dumps(result, ensure_ascii=False, default=str)),
+            (index, json.dumps(clean, ensure_ascii=False, default=str)),
         )
 
     def results(self) -> Iterator[dict[str, Any]]:

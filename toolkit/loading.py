@@ -5,18 +5,24 @@ MLflow), with its directory on ``sys.path`` so that helper modules beside it imp
 passed to ``mlflow.models.set_model`` is the chain. MLflow keeps that in a module global that
 it never resets; chainkit clears it first, so a file that forgets ``set_model`` fails loudly
 instead of returning the chain loaded before it.
+
+A chain's own code that calls ``sys.exit()`` (at import or when called) fails that chain alone,
+as a :class:`ChainExitError`, instead of ending chainkit with the chain's exit code. Ctrl-C
+(``KeyboardInterrupt``) is left alone: it still stops everything.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from toolkit.errors import ChainLoadError
+from toolkit.errors import ChainExitError, ChainLoadError
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -32,6 +38,34 @@ def on_sys_path(folder: Path) -> Iterator[None]:
             sys.path.remove(entry)
 
 
+@contextmanager
+def chain_code(what: str) -> Iterator[None]:
+    """Around a chain's own code: a SystemExit it raises becomes a ChainExitError about ``what``."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise exit_error(exc, what) from exc
+
+
+def exit_error(exc: SystemExit, what: str) -> ChainExitError:
+    return ChainExitError(
+        f"{what} called sys.exit({exc.code!r}); a chain must raise an exception, not exit the "
+        "process: fix the chain's code"
+    )
+
+
+def guarded(call: Callable[[Any], T], what: str) -> Callable[[Any], T]:
+    """``call`` with :func:`chain_code` around every call."""
+
+    def run(value: Any) -> T:  # once per evaluated row: no context manager to set up
+        try:
+            return call(value)
+        except SystemExit as exc:
+            raise exit_error(exc, what) from exc
+
+    return run
+
+
 def load_chain(path: Path, model_config: Path | None = None) -> Any:
     """Execute ``path`` and return the object it passed to ``set_model``."""
     import mlflow.models.model
@@ -39,7 +73,7 @@ def load_chain(path: Path, model_config: Path | None = None) -> Any:
     from mlflow.models.utils import _load_model_code_path  # MLflow's own loader, same semantics
 
     mlflow.models.model.__mlflow_model__ = None
-    with on_sys_path(path.parent):
+    with on_sys_path(path.parent), chain_code(f"{path}: loading it"):
         try:
             model = _load_model_code_path(str(path), str(model_config) if model_config else None)
         except MlflowException as exc:

@@ -37,10 +37,10 @@ from typing import Any
 from toolkit import __version__
 from toolkit.cassette import Cassette, file_sha256
 from toolkit.discovery import ChainSpec, Flavor, Problem, discover
-from toolkit.errors import ChainkitError, UsageError
-from toolkit.loading import load_chain, on_sys_path, predict_python_model
+from toolkit.errors import ChainkitError, UsageError, refusal_in
+from toolkit.loading import exit_error, load_chain, on_sys_path, predict_python_model
 from toolkit.project import Project
-from toolkit.redaction import check_no_secrets
+from toolkit.redaction import check_no_secrets, scrub
 from toolkit.replay import RecordMode, use_cassette
 from toolkit.requirements import Dependencies, chain_dependencies
 
@@ -83,15 +83,36 @@ def use_tracking(project: Project, tracking_uri: str | None = None, experiment: 
 
     uri = tracking_uri_for(project, tracking_uri)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        mlflow.set_experiment(experiment_id=found.experiment_id)
-        return str(found.experiment_id)
-    # A local store keeps its artifacts in the project, not wherever the command ran.
-    location = (project.root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return str(experiment_id)
+    with _store_lock(uri):
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            mlflow.set_experiment(experiment_id=found.experiment_id)
+            return str(found.experiment_id)
+        # A local store keeps its artifacts in the project, not wherever the command ran.
+        location = (project.root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return str(experiment_id)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store while it is opened and the
+    experiment made. MLflow creates and migrates the schema when it opens the store: two
+    processes doing that at once on a fresh file break it (``duplicate column name: step``)."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    if not database or database == ":memory:":
+        yield
+        return
+    path = Path(database).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @contextmanager
@@ -248,7 +269,7 @@ def log_chain(
                 "pip_requirements": list(dependencies.requirements),
                 "code_paths": [str(path) for path in dependencies.code_paths] or None,
                 "model_config": str(spec.model_config) if spec.model_config else None,
-                "tags": tags,
+                "tags": scrub(tags)[0],
             }
             if spec.flavor is Flavor.PYFUNC:
                 info = mlflow.pyfunc.log_model(python_model=str(spec.path), **kwargs)
@@ -356,7 +377,10 @@ def log_chains(
                         carry_cassette=carry_cassette,
                     )
                 )
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                if isinstance(exc, SystemExit):  # the chain's code exited while being logged
+                    exc = exit_error(exc, "its code")
+                exc = refusal_in(exc) or exc  # a miss a client wrapped is reported as the miss
                 reason = str(exc) if isinstance(exc, ChainkitError) else f"{type(exc).__name__}: {exc}"
                 results.append(
                     LogResult(

@@ -214,3 +214,19 @@ def chain_runner(
             return chain
 
         yield load
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # A miss that a library or the test's own code wrapped in a vaguer error ("Connection
+    # error.") is named under the failure in chainkit's words: cassette, closest request, diff.
+    report = yield
+    if report.failed and call.excinfo is not None:
+        from toolkit.errors import refusal_in
+
+        refusal = refusal_in(call.excinfo.value)
+        if refusal is not None and refusal is not call.excinfo.value:
+            report.sections.append(("chainkit: refused request", f"{type(refusal).__name__}: {refusal}"))
+    return report

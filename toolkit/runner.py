@@ -12,7 +12,7 @@ from typing import Any
 
 from toolkit.discovery import ChainSpec, Flavor, discover
 from toolkit.errors import UsageError
-from toolkit.loading import load_chain, predict_python_model
+from toolkit.loading import chain_code, load_chain, predict_python_model
 from toolkit.project import Project
 from toolkit.replay import CassetteSession, RecordMode, use_cassette
 
@@ -73,9 +73,12 @@ def run_chain(
     allow_hosts: Iterable[str] = (),
     on_chunk: Callable[[str], None] | None = None,
 ) -> RunResult:
-    with chain_under_cassette(
-        project, name, record_mode=record_mode, cassette=cassette, allow_hosts=allow_hosts
-    ) as (spec, chain, session):
+    with (
+        chain_under_cassette(
+            project, name, record_mode=record_mode, cassette=cassette, allow_hosts=allow_hosts
+        ) as (spec, chain, session),
+        chain_code(f"chain {name}"),
+    ):
         chunks: list[Any] = []
         if spec.flavor is Flavor.PYFUNC:
             if stream:
