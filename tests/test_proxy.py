@@ -24,7 +24,7 @@ from typing import Any
 import openai
 import pytest
 from click.testing import CliRunner
-from conftest import OPENAI_BASE, RECORDED
+from conftest import OPENAI_BASE, RECORDED, ROOT
 from openai_server import OpenAIServer
 
 from toolkit import Cassette, use_cassette
@@ -397,3 +397,36 @@ def test_openai_client_in_a_clean_venv_without_chainkit(tmp_path: Path, clean_py
     message = replayed["miss"]["message"]
     assert f"no recorded response in {path} for POST {OPENAI_BASE}/chat/completions" in message
     assert 'messages[0].content: recorded "Tell me a story", sent "unrecorded"' in message
+
+
+def test_a_chain_that_calls_the_api_at_import_replays_through_the_proxy(tmp_path: Path) -> None:
+    """rag embeds its corpus when its module is executed: in a process with no chainkit variable
+    and no key, only OPENAI_BASE_URL pointing at the proxy, the chain loads and answers."""
+    import runpy
+
+    from toolkit import use_cassette
+
+    rag = ROOT / "chains" / "rag.py"
+    question = {"question": "How do I create a new version of a registered model?"}
+    sys.path.insert(0, str(rag.parent))
+    try:
+        with use_cassette(ROOT / "cassettes" / "rag.json", "none"):
+            expected = str(runpy.run_path(str(rag))["chain"].invoke(question))
+    finally:
+        sys.path.remove(str(rag.parent))
+    code = (
+        "import json, runpy, sys; sys.path.insert(0, sys.argv[1]); "
+        "print(runpy.run_path(sys.argv[2])['chain'].invoke(json.loads(sys.argv[3])))"
+    )
+    with running_proxy(tmp_path, str(ROOT / "cassettes" / "rag.json")) as proxy:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAINKIT_", "OPENAI_"))}
+        env |= {"OPENAI_BASE_URL": proxy.url, "OPENAI_API_KEY": "sk-anything"}
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(rag.parent), str(rag), json.dumps(question)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == expected
