@@ -438,21 +438,6 @@ def test_trace_per_row_with_scores_attached(project: Project) -> None:
     assert all(row["trace_id"] is None for row in journal_rows(project, untraced.run_id))
 
 
-def test_progress_line_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from toolkit.evaluation import Progress
-
-    row = {"error": None, "token_usage": 10, "cost_usd": 0.001}
-    shown = Progress(total=2, enabled=True)
-    shown.update(row)
-    shown.update({**row, "error": "boom"})
-    shown.finish()
-    line = capsys.readouterr().err
-    assert "2/2 rows" in line and "errors 1" in line and "tokens 20" in line and "~$0.0020" in line
-    quiet = Progress(total=2, enabled=False)
-    quiet.update(row)
-    assert capsys.readouterr().err == ""
-
-
 # ------------------------------------------- durable recordings, one retry policy, same answers
 
 

@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import hashlib
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,10 +36,12 @@ from toolkit.journal import Journal
 from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
 from toolkit.matching import replay_scope
 from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
+from toolkit.progress import Progress
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
 from toolkit.redaction import redact_span, scrub, secret_values
 from toolkit.replay import RecordMode, use_cassette
+from toolkit.resume import check_resume, pin_dataset, resumed_run, run_settings
 from toolkit.scorers import MEASURES, Aggregate, resolve, score
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits
@@ -310,38 +311,6 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """One line on stderr, rewritten at most 10 times a second; silent when not enabled."""
-
-    def __init__(self, total: int, enabled: bool, done: int = 0) -> None:
-        self.total, self.enabled, self.done = total, enabled, done
-        self.errors, self.tokens, self.cost = 0, 0, 0.0
-        self.started, self.shown = time.monotonic(), 0.0
-        self._first = done
-
-    def update(self, result: Mapping[str, Any]) -> None:
-        self.done += 1
-        self.errors += result["error"] is not None
-        self.tokens += int(result["token_usage"])
-        self.cost += float(result["cost_usd"])
-        now = time.monotonic()
-        if self.enabled and (now - self.shown >= 0.1 or self.done == self.total):
-            self.shown = now
-            rate = (self.done - self._first) / max(now - self.started, 1e-9)
-            sys.stderr.write(
-                f"\r{self.done}/{self.total} rows  {rate:.1f} rows/s  errors {self.errors}  "
-                f"tokens {self.tokens}  ~${self.cost:.4f} "
-            )
-            sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 # ---------------------------------------------------------------------------- the job
 
 
@@ -426,11 +395,11 @@ def evaluate(
     aggregates = {name: Aggregate(options.aggregations) for name in MEASURES}  # also validates names
     total = count_rows(options.data)  # reads every row: a malformed file fails before any run exists
     dataset_sha = file_digest(options.data)
-    settings = _settings(options, mode, dataset_sha)
+    settings = run_settings(mode, dataset_sha, options.scorers, options.aggregations)
     started = time.perf_counter()
     with quiet_mlflow():
         experiment_id = use_tracking(project, options.tracking_uri)
-        resumed = _resumed_run(options.resume) if options.resume else None
+        resumed = resumed_run(options.resume) if options.resume else None
         if chain is not None:
             spec = discover(project.chains_dir).get(chain)
             settings |= {
@@ -438,14 +407,14 @@ def evaluate(
                 "chainkit.chain_sha256": file_sha256(spec.path) or "",
                 "chainkit.cassette": str(project.cassette_for(chain)),
             }
-            _check_resume(resumed, settings, options)  # before logging: a refused resume logs nothing
+            check_resume(resumed, settings, options.data)  # before logging: a refused resume logs nothing
             model_id = resumed.data.tags.get("chainkit.model_id") if resumed else None
             target = _chain_target(project, spec, experiment_id, options.record_mode, model_id)
         elif model_uri is not None:
             target = _model_target(project, model_uri, cassette)
             settings |= {"chainkit.evaluated": model_uri, "chainkit.cassette": str(target.cassette)}
             settings |= {"chainkit.model_id": target.model_id} if target.model_id else {}
-            _check_resume(resumed, settings, options)
+            check_resume(resumed, settings, options.data)
         else:
             raise UsageError("name a CHAIN or pass --model-uri")
         run = _start_run(mlflow, target, options, mode, dataset_sha, settings)
@@ -453,7 +422,7 @@ def evaluate(
         journal = Journal(project.root / ".chainkit" / "runs" / f"{run_id}.sqlite")
         status = "FAILED"
         try:
-            _pin_dataset(journal, options, dataset_sha)
+            pin_dataset(journal, options.data, options.resume, dataset_sha)
             progress = Progress(total, options.progress, done=journal.count())
             limit = AdaptiveLimit(options.concurrency)
             with (
@@ -506,75 +475,6 @@ def _start_run(
     run = mlflow.start_run(run_name=f"eval-{target.name}", tags=scrub(tags)[0])
     mlflow.log_params(scrub({"concurrency": options.concurrency, "dataset": options.data.name})[0])
     return run
-
-
-def _settings(options: EvalOptions, mode: RecordMode, dataset_sha: str) -> dict[str, str]:
-    """What gives a run's rows their meaning, so a resume must match it (with the chain or model,
-    added by the caller). --concurrency, --prices, --trace and --allow-host may change on resume:
-    they decide how rows run, not what answers or scores them."""
-    return {
-        "chainkit.dataset_sha256": dataset_sha,
-        "chainkit.record_mode": mode.value,
-        "chainkit.scorers": json.dumps(sorted(set(options.scorers))),
-        "chainkit.aggregations": json.dumps(sorted(set(options.aggregations))),
-    }
-
-
-def _resumed_run(run_id: str) -> Any:
-    from mlflow import MlflowClient
-
-    try:
-        return MlflowClient().get_run(run_id)
-    except Exception as exc:
-        raise UsageError(f"--resume {run_id}: no such MLflow run ({exc}); check the run id") from exc
-
-
-def _check_resume(run: Any, settings: Mapping[str, str], options: EvalOptions) -> None:
-    """Refuse to finish ``run`` with another chain, model, dataset, record mode or scoring."""
-    if run is None:
-        return
-    run_id, tags = run.info.run_id, dict(run.data.tags)
-    if "chainkit.dataset_sha256" not in tags:
-        raise UsageError(f"--resume {run_id}: that run is not a chainkit evaluation; check the run id")
-    if "chainkit.evaluated" not in tags:  # a run started before chainkit recorded it
-        tags["chainkit.evaluated"] = f"chain {tags.get('chainkit.chain')}"
-    now = scrub(dict(settings))[0]
-    # A key the run lacks was not recorded yet when it started: nothing to compare.
-    changed = [key for key in now if tags.get(key) not in (None, now[key])]
-    if "chainkit.evaluated" in changed:  # another chain or model: the other differences follow
-        changed = ["chainkit.evaluated"]
-    if changed:
-        differences = "; ".join(
-            _DIFFERENCES[key].format(then=tags[key], now=now[key], data=options.data, run=run_id)
-            for key in changed
-        )
-        raise UsageError(
-            f"--resume {run_id} does not match that run: {differences}; resume with the chain and "
-            "options the run started with, or start a new run without --resume"
-        )
-
-
-_DIFFERENCES = {
-    "chainkit.evaluated": "it evaluated {then}, not {now}",
-    "chainkit.model_id": "it evaluated model {then}, not {now}",
-    "chainkit.chain_sha256": "the chain's code changed since run {run} started (its sha256 differs)",
-    "chainkit.dataset_sha256": "{data} changed since run {run} started (its sha256 differs)",
-    "chainkit.cassette": "it replayed {then}, not {now}",
-    "chainkit.record_mode": "it ran in record mode {then}, not {now}",
-    "chainkit.scorers": "its extra scorers were {then}, not {now}",
-    "chainkit.aggregations": "its aggregations were {then}, not {now}",
-}
-
-
-def _pin_dataset(journal: Journal, options: EvalOptions, dataset_sha: str) -> None:
-    recorded = journal.get_meta("dataset_sha256")
-    if recorded is None:
-        journal.set_meta("dataset_sha256", dataset_sha)
-    elif recorded != dataset_sha:
-        raise UsageError(
-            f"{options.data} changed since run {options.resume} started (its sha256 differs): resume "
-            "with the same file, or start a new run"
-        )
 
 
 def _finish(
