@@ -18,6 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Real OpenAI API responses, with their source and licence (tests/data/openai-recorded/README.md).
 RECORDED = ROOT / "tests" / "data" / "openai-recorded"
 OPENAI_BASE = "https://api.openai.com/v1"
+#: The example chains under chains/, each with its cassette.
+EXAMPLES = [
+    "chat_as_code",
+    "circle_area",
+    "clv",
+    "extract",
+    "qa",
+    "rag",
+    "stream_story",
+    "summarize",
+    "triage",
+]
 CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
 
 

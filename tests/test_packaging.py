@@ -16,7 +16,7 @@ import httpx
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import EXAMPLES, ROOT
 from mlflow import MlflowClient
 
 from toolkit import use_cassette
@@ -49,19 +49,6 @@ def logged_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, dict
 def logged(logged_once: tuple[Project, dict[str, LogResult]]) -> tuple[Project, dict[str, LogResult]]:
     mlflow.set_tracking_uri(store_of(logged_once[0]))
     return logged_once
-
-
-EXAMPLES = [
-    "chat_as_code",
-    "circle_area",
-    "clv",
-    "extract",
-    "qa",
-    "rag",
-    "stream_story",
-    "summarize",
-    "triage",
-]
 
 
 def test_every_example_chain_logs_offline_and_registers(logged: tuple[Project, dict[str, LogResult]]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from conftest import ROOT
+from conftest import EXAMPLES, ROOT
 from openai_server import OpenAIServer
 
 from toolkit import Cassette, use_cassette
@@ -29,17 +29,6 @@ from toolkit.discovery import discover
 from toolkit.packaging import LogResult, log_chains
 from toolkit.project import Project
 
-EXAMPLES = [
-    "chat_as_code",
-    "circle_area",
-    "clv",
-    "extract",
-    "qa",
-    "rag",
-    "stream_story",
-    "summarize",
-    "triage",
-]
 BIN = Path(sys.executable).parent
 
 

@@ -20,24 +20,13 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import EXAMPLES, ROOT
 
 from toolkit.cli import cli
 from toolkit.packaging import LogResult, http_stack_constraints, log_chains
 from toolkit.project import Project
 from toolkit.verify import Environment, Verification, import_problems, install_problem, verify
 
-EXAMPLES = [
-    "chat_as_code",
-    "circle_area",
-    "clv",
-    "extract",
-    "qa",
-    "rag",
-    "stream_story",
-    "summarize",
-    "triage",
-]
 MLFLOW = f"mlflow=={metadata.version('mlflow')}"
 
 # What uv said, word for word, when asked for what cannot be installed.
