@@ -7,12 +7,15 @@ The OpenAI API cannot be reached from here; everything that records, records fro
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from openai_server import OpenAIServer
+
+from toolkit.project import Project
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Real OpenAI API responses, with their source and licence (tests/data/openai-recorded/README.md).
@@ -31,6 +34,13 @@ EXAMPLES = [
     "triage",
 ]
 CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
+
+
+def copy_project(destination: Path) -> Project:
+    """The example chains and their cassettes, copied into ``destination``."""
+    shutil.copytree(ROOT / "chains", destination / "chains", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "cassettes", destination / "cassettes")
+    return Project.at(destination)
 
 
 @pytest.fixture(autouse=True)

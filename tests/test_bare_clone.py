@@ -50,7 +50,7 @@ def test_no_code_reads_outside_the_repository() -> None:
 
 
 def test_the_tests_of_recorded_responses_pass_in_a_bare_copy(tmp_path: Path) -> None:
-    """A copy of the repository's files in a folder with no ../shared next to it."""
+    """A copy of the repository's files in a folder with no shared/ data folder next to it."""
     clone = tmp_path / "clone"
     for path in repository_files():
         target = clone / path.relative_to(ROOT)

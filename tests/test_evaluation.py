@@ -387,22 +387,28 @@ def _finished_rows(journal: Path) -> int:
         return 0
 
 
+def _kill_after_rows(process: subprocess.Popen[bytes], runs: Path, rows: int) -> Path:
+    """SIGKILL the evaluation once its journal holds ``rows`` finished rows; its journal."""
+    deadline = time.monotonic() + 120
+    journals: list[Path] = []
+    while time.monotonic() < deadline:
+        journals = list(runs.glob("*.sqlite")) if runs.exists() else []
+        if journals and _finished_rows(journals[0]) >= rows:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert journals, "the evaluation never started its journal"
+    return journals[0]
+
+
 @pytest.mark.parametrize("kill_after", [1, 13])
 def test_sigkill_then_resume_completes_every_row_exactly_once(project: Project, kill_after: int) -> None:
     questions = [f"question {n}" for n in range(30)]
     data = write_dataset(project.root / "d.jsonl", questions)
     runs = project.root / ".chainkit" / "runs"
     with OpenAIServer(latency=0.05) as server:
-        process = _spawn_eval(project, data, server)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            journals = list(runs.glob("*.sqlite")) if runs.exists() else []
-            if journals and _finished_rows(journals[0]) >= kill_after:
-                break
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        journal = journals[0]
+        journal = _kill_after_rows(_spawn_eval(project, data, server), runs, kill_after)
         run_id = journal.stem
         finished = {row["inputs"]["question"] for row in Journal(journal).results()}
         assert kill_after <= len(finished) < len(questions)
@@ -453,17 +459,9 @@ def test_two_sigkills_then_resume_and_the_whole_dataset_replays_offline(project:
         run_id = None
         for kill_after in (4, 14):
             extra = ["--record-mode", "all"] + (["--resume", run_id] if run_id else [])
-            process = _spawn_eval(project, data, server, *extra)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                journals = list(runs.glob("*.sqlite")) if runs.exists() else []
-                if journals and _finished_rows(journals[0]) >= kill_after:
-                    break
-                time.sleep(0.01)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            run_id = journals[0].stem
-            finished_before_kills = {row["inputs"]["question"] for row in Journal(journals[0]).results()}
+            journal = _kill_after_rows(_spawn_eval(project, data, server, *extra), runs, kill_after)
+            run_id = journal.stem
+            finished_before_kills = {row["inputs"]["question"] for row in Journal(journal).results()}
             assert kill_after <= len(finished_before_kills) < len(questions)
         sent_before = len(server.requests)
         resumed = _spawn_eval(project, data, server, "--record-mode", "all", "--resume", str(run_id))

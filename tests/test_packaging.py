@@ -16,7 +16,7 @@ import httpx
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, copy_project
 from mlflow import MlflowClient
 
 from toolkit import use_cassette
@@ -26,12 +26,6 @@ from toolkit.discovery import discover
 from toolkit.packaging import LogResult, log_chains
 from toolkit.project import Project
 from toolkit.requirements import chain_dependencies
-
-
-def copy_project(destination: Path) -> Project:
-    shutil.copytree(ROOT / "chains", destination / "chains", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "cassettes", destination / "cassettes")
-    return Project.at(destination)
 
 
 def store_of(project: Project) -> str:

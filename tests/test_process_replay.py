@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import site
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, copy_project
 from openai_server import OpenAIServer
 
 from toolkit import Cassette, use_cassette
@@ -144,10 +143,8 @@ def test_model_mode_is_replay_only() -> None:
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, LogResult]]]:
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(ROOT / "chains", root / "chains", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "cassettes", root / "cassettes")
-    project = Project.at(root)
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    root = project.root
     store = f"sqlite:///{root / 'mlflow.db'}"
     results = {r.name: r for r in log_chains(project, register=True, alias="candidate", tracking_uri=store)}
     assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]

@@ -317,7 +317,7 @@ def test_positional():
     assert ask("positional") == "Answer to: positional"
 
 
-@pytest.mark.cassette(path="../shared/keyword.json")
+@pytest.mark.cassette(path="../elsewhere/keyword.json")
 def test_keyword():
     assert ask("keyword") == "Answer to: keyword"
 """,
@@ -325,7 +325,7 @@ def test_keyword():
     result = inner.runpytest("--record-mode=once")
     result.assert_outcomes(passed=2)
     assert sent_questions(inner.path / "tests/unit/recordings/positional.json") == ["positional"]
-    assert sent_questions(inner.path / "tests/shared/keyword.json") == ["keyword"]
+    assert sent_questions(inner.path / "tests/elsewhere/keyword.json") == ["keyword"]
     assert not (inner.path / "tests/unit/cassettes").exists()  # the default path was not used
 
     result = inner.runpytest()  # replay from the explicit paths

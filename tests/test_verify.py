@@ -8,7 +8,6 @@ The slow tests install from the package registry: they share one project, and so
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import textwrap
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, copy_project
 
 from toolkit.cli import cli
 from toolkit.packaging import LogResult, http_stack_constraints, log_chains
@@ -82,10 +81,7 @@ def test_verify_of_an_unknown_chain_is_one_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, LogResult]]]:
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(ROOT / "chains", root / "chains", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "cassettes", root / "cassettes")
-    project = Project.at(root)
+    project = copy_project(tmp_path_factory.mktemp("project"))
     results = {r.name: r for r in log_chains(project, tracking_uri=store(project))}
     assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]
     yield project, results
