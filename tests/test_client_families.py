@@ -25,7 +25,7 @@ from conftest import OPENAI_BASE
 from langchain_core.runnables import RunnableParallel
 from langchain_openai import ChatOpenAI
 
-from toolkit import use_cassette
+from toolkit import httpx_bridge, use_cassette
 from toolkit.errors import NetworkBlockedError, ReplayMissError, refusal_in
 from toolkit.network import NetworkGuard
 from toolkit.replay import CassetteSession
@@ -104,18 +104,13 @@ def recorded(tmp_path: Path, record_via: str, monkeypatch: pytest.MonkeyPatch) -
 def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URL of every request that reached chainkit's replay layer, retries included."""
     seen: list[str] = []
-    handle, ahandle = CassetteSession.handle, CassetteSession.ahandle
+    lookup = CassetteSession.lookup
 
-    def counted(self: CassetteSession, request: Any, send: Any) -> Any:
+    def counted(self: CassetteSession, request: Any) -> Any:
         seen.append(str(request.url))
-        return handle(self, request, send)
+        return lookup(self, request)
 
-    async def acounted(self: CassetteSession, request: Any, send: Any) -> Any:
-        seen.append(str(request.url))
-        return await ahandle(self, request, send)
-
-    monkeypatch.setattr(CassetteSession, "handle", counted)
-    monkeypatch.setattr(CassetteSession, "ahandle", acounted)
+    monkeypatch.setattr(CassetteSession, "lookup", counted)
     return seen
 
 
@@ -140,12 +135,12 @@ def test_the_clients_here_do_retry_what_their_loop_catches(
     for a miss is chainkit's doing, not a client that never retries)."""
     monkeypatch.setattr(openai._base_client.BaseClient, "_calculate_retry_timeout", lambda *a, **k: 0.0)
 
-    def refuse(self: CassetteSession, request: Any, send: Any) -> Any:
+    def refuse(session: CassetteSession, request: Any, send: Any) -> Any:
         attempts.append(str(request.url))
         family = sys.modules[type(request).__module__.split(".")[0]]  # httpx (2.x) or httpx2 (3.x)
         raise family.ConnectError("connection refused", request=request)
 
-    monkeypatch.setattr(CassetteSession, "handle", refuse)
+    monkeypatch.setattr(httpx_bridge, "handle", refuse)  # the httpx/httpx2 door, sync
     with use_cassette(recorded, "none"), pytest.raises(openai.APIConnectionError):
         openai_sync(SENT_PROMPT)
     assert len(attempts) == RETRYING_ATTEMPTS

@@ -250,12 +250,14 @@ class Cassette:
                 "with --record-mode all"
             ) from exc
         except json.JSONDecodeError as exc:
+            _refuse_foreign(path, raw)
             raise CassetteError(
                 f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); the file is "
                 "truncated or was edited by hand: restore it from git or re-record it with "
                 "--record-mode all"
             ) from exc
         if not isinstance(document, dict) or FORMAT_KEY not in document:
+            _refuse_foreign(path, raw)
             raise CassetteError(
                 f"{path}: not a chainkit cassette (no '{FORMAT_KEY}' field); point at a file "
                 "written by chainkit or re-record it"
@@ -300,6 +302,15 @@ class Cassette:
 
     def sha256(self) -> str | None:
         return file_sha256(self.path)
+
+
+def _refuse_foreign(path: Path, raw: bytes) -> None:
+    """Say what a file of another recorder's format is, instead of calling it broken."""
+    from toolkit.vcr_import import vcr_format_hint  # late: the importer builds on this module
+
+    hint = vcr_format_hint(raw)
+    if hint is not None:
+        raise CassetteError(f"{path}: {hint}")
 
 
 def interaction_from_json(path: Path, n: int, item: Any) -> Interaction:

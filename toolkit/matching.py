@@ -14,6 +14,7 @@ own recordings in its own order, whatever the other rows do at the same time.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -203,3 +204,68 @@ def describe_miss(sent: RecordedRequest, recorded: Sequence[RecordedRequest], li
     if len(differences) > limit:
         lines.append(f"  ... and {len(differences) - limit} more fields")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- JSON paths left out of matching
+
+#: ``user``, ``metadata.run_id``, ``messages[*].name``, ``messages[0].content`` (a leading ``$.``
+#: is allowed): keys separated by dots, ``[*]`` for every element of a list, ``[n]`` for one.
+_PATH_PART = re.compile(r"\.?([^.\[\]]+)|\[(\*|\d+)\]")
+
+
+def parse_json_path(path: str) -> tuple[str | int | None, ...]:
+    """``messages[*].name`` -> ("messages", None, "name"); None stands for every element."""
+    text = path.strip().removeprefix("$").removeprefix(".")
+    parts: list[str | int | None] = []
+    position = 0
+    while position < len(text):
+        match = _PATH_PART.match(text, position)
+        if match is None or (position == 0 and match.group(0).startswith(".")):
+            raise ValueError(
+                f"ignored JSON path {path!r} is not understood at {text[position:]!r}; write keys "
+                "separated by dots, [*] for every list element or [n] for one, e.g. messages[*].name"
+            )
+        key, index = match.groups()
+        parts.append(key if key is not None else (None if index == "*" else int(index)))
+        position = match.end()
+    if not parts:
+        raise ValueError("an ignored JSON path is empty; name a field, e.g. user or metadata")
+    return tuple(parts)
+
+
+def ignoring(request: RecordedRequest, paths: Sequence[tuple[str | int | None, ...]]) -> RecordedRequest:
+    """``request`` with the JSON ``paths`` (parsed) left out of its body, for matching only."""
+    if not paths or "json" not in request.body:
+        return request
+    value = request.body["json"]
+    for path in paths:
+        value = _without(value, path)
+    return RecordedRequest(request.method, request.url, {"json": value})
+
+
+def _without(value: Any, path: tuple[str | int | None, ...]) -> Any:
+    """A copy of ``value`` without what ``path`` names (``_MISSING``: all of it)."""
+    if not path:
+        return _MISSING
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict) and isinstance(head, str):
+        if head not in value:
+            return value
+        out = dict(value)
+        inner = _without(value[head], rest)
+        if inner is _MISSING:
+            del out[head]
+        else:
+            out[head] = inner
+        return out
+    if isinstance(value, list) and not isinstance(head, str):
+        chosen = range(len(value)) if head is None else [head] if 0 <= head < len(value) else []
+        items = list(value)
+        for i in reversed(chosen):
+            inner = _without(value[i], rest)
+            if inner is _MISSING:
+                del items[i]
+            else:
+                items[i] = inner
+        return items
+    return value

@@ -1,0 +1,296 @@
+"""One active cassette: the replay core that every door (transport patch, proxy) goes through.
+
+A :class:`CassetteSession` answers a request (as an ``httpx.Request``, whatever client sent it)
+from the cassette through a respx router built from it, one route per recorded endpoint, whose
+side effect looks the request's canonical key up in a dict (O(1), whatever the cassette's
+size). A request the cassette does not hold is handed back to the door to send live when the
+record mode allows it, and the door commits what came back; otherwise it fails with the
+closest recorded request and the fields that differ. The door converts between its client's
+request and response types and ``httpx``'s; the session holds no client-specific code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import respx
+
+from toolkit.cassette import (
+    Cassette,
+    Interaction,
+    RecordedRequest,
+    add_usage,
+    encode_body,
+    recorder_versions,
+)
+from toolkit.errors import ReplayMissError, UsageError
+from toolkit.exchanges import note_exchange
+from toolkit.matching import (
+    InteractionIndex,
+    current_scope,
+    describe_miss,
+    endpoint,
+    ignoring,
+    parse_json_path,
+    request_key,
+)
+from toolkit.record_mode import RECORD_ERRORS_VARIABLE, RECORD_VIA_VARIABLE, RecordMode
+from toolkit.recording_log import RecordingLog, folder_lock, merge, open_cassette
+from toolkit.redaction import redact_url
+
+try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
+    import httpx2
+except ImportError:  # pragma: no cover - httpx2 is a dependency of openai 3.x
+    httpx2 = None  # type: ignore[assignment]
+
+#: Statuses the OpenAI SDKs retry on their own (and chainkit's evaluation runner retries).
+CLIENT_RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class _UnrecordedError(Exception):
+    """Raised by the router's side effect: the cassette has no (replayable) answer."""
+
+
+class _CassetteRouter(respx.Router):
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        # respx keeps every call for assertions; a long batch job would keep them all.
+        pass
+
+
+class CassetteSession:
+    """One active cassette: answers requests, records new ones, saves on close.
+
+    Every recording is durable the moment its response has been read (an fsync'd log beside
+    the cassette, see :mod:`toolkit.recording_log`): a session killed before ``close`` loses
+    nothing; the next session to open the cassette folds the log in.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        record_mode: str | RecordMode | None = None,
+        *,
+        allow_hosts: Iterable[str] = (),
+        record_via: str | None = None,
+        record_errors: bool | None = None,
+        client_retries: bool = True,
+        ignore_json_paths: Iterable[str] = (),
+    ) -> None:
+        self.mode = RecordMode.parse(record_mode)
+        #: JSON body fields that take no part in matching (they change from run to run).
+        self.ignore_json_paths = tuple(ignore_json_paths)
+        try:
+            self._ignored = tuple(parse_json_path(path) for path in self.ignore_json_paths)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.cassette, self.recovered = open_cassette(Path(path))
+        self.path = self.cassette.path
+        if record_errors is None:
+            record_errors = os.environ.get(RECORD_ERRORS_VARIABLE, "").lower() in {"1", "true", "yes"}
+        #: Record error answers (status >= 400) too; by default they are passed on, not kept.
+        self.record_errors = record_errors
+        #: False: the client is told not to retry (``x-should-retry: false``) a live error
+        #: answer, because the caller (chainkit's evaluation runner) has its own retry policy.
+        self.client_retries = client_retries
+        self.record_via = record_via if record_via is not None else os.environ.get(RECORD_VIA_VARIABLE)
+        self.allow_hosts = {host.strip().lower() for host in allow_hosts}
+        mode, exists = self.mode, self.cassette.exists
+        self.replays = (
+            mode is RecordMode.NONE or mode is RecordMode.NEW_EPISODES or (mode is RecordMode.ONCE and exists)
+        )
+        self.records = (
+            mode is RecordMode.NEW_EPISODES
+            or mode is RecordMode.ALL
+            or (mode is RecordMode.ONCE and not exists)
+        )
+        self.index = InteractionIndex(self._matched(self.cassette.interactions) if self.replays else ())
+        self._bodies: dict[int, list[bytes]] = {}  # response bytes, built on first replay
+        self.used: set[int] = set()
+        self.new: list[Interaction] = []
+        self.replayed = 0
+        self._lock = threading.Lock()
+        self.router = self._build_router()
+        self.log = RecordingLog(self.path, replace=self.mode is RecordMode.ALL) if self.records else None
+
+    def _build_router(self) -> respx.Router:
+        router = _CassetteRouter(assert_all_mocked=True, assert_all_called=False)
+        endpoints = {endpoint(i.request.method, i.request.url) for i in self.cassette}
+        for method, host, path in sorted(endpoints):
+            router.route(method=method, host=host.split(":")[0], path=path).side_effect = self._answer
+        router.route().side_effect = self._unrecorded  # any other endpoint
+        return router
+
+    # The respx side effects -------------------------------------------------------------
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        sent = recorded_request(request)
+        key = request_key(ignoring(sent, self._ignored) if self._ignored else sent)
+        position = self.index.take(key) if self.replays else None
+        if position is None:
+            raise _UnrecordedError(sent)
+        with self._lock:
+            self.used.add(position)
+            self.replayed += 1
+        interaction = self.cassette.interactions[position]
+        note_exchange(interaction, replayed=True)
+        chunks = self._bodies.get(position)
+        if chunks is None:
+            chunks = self._bodies[position] = interaction.response.chunks()
+        response = interaction.response
+        return httpx.Response(response.status, headers=response.headers, stream=ChunkStream(chunks))
+
+    def _matched(self, interactions: list[Interaction]) -> list[Interaction]:
+        """The interactions as matching sees them: ignored JSON paths left out."""
+        if not self._ignored:
+            return interactions
+        return [dataclasses.replace(i, request=ignoring(i.request, self._ignored)) for i in interactions]
+
+    def _unrecorded(self, request: httpx.Request) -> httpx.Response:
+        raise _UnrecordedError(recorded_request(request))
+
+    # Recording ------------------------------------------------------------------------------
+
+    def commit(self, interaction: Interaction) -> None:
+        """Keep a live interaction: durable at once in the recording log, saved on close."""
+        note_exchange(interaction, replayed=False)
+        if interaction.response.status >= 400 and not self.record_errors:
+            return  # an error answer is not a recording (a retry may follow; a 404 is a wrong URL)
+        scope = current_scope()
+        if scope is not None:
+            interaction = dataclasses.replace(interaction, scope=scope.name)
+        if self.log is not None:
+            self.log.append(interaction)
+        with self._lock:
+            self.new.append(interaction)
+
+    def miss(self, sent: RecordedRequest) -> ReplayMissError:
+        if not self.cassette.exists:
+            return ReplayMissError(
+                f"cassette {self.path} does not exist and record mode is {self.mode.value!r}, so "
+                f"{sent.method} {sent.url} has no answer; record it first (--record-mode once) or "
+                "check the path",
+                request=sent,
+            )
+        why = {
+            RecordMode.NONE: "record mode is 'none'",
+            RecordMode.ONCE: "record mode 'once' records only a new cassette",
+        }.get(self.mode, f"record mode is {self.mode.value!r}")
+        recorded = [interaction.request for interaction in self.cassette]
+        host = urlsplit(sent.url).hostname or ""
+        if all(urlsplit(r.url).hostname != host for r in recorded):
+            why += f"; nothing was ever recorded for {host}: to reach it live, pass --allow-host {host}"
+        return ReplayMissError(
+            f"no recorded response in {self.path} for {sent.method} {sent.url} ({why}); re-record "
+            "with --record-mode new_episodes, or change the request back.\n"
+            + describe_miss(ignoring(sent, self._ignored), [ignoring(r, self._ignored) for r in recorded])
+            + (f"\nIgnored when matching: {', '.join(self.ignore_json_paths)}" if self._ignored else ""),
+            request=sent,
+        )
+
+    def close(self) -> None:
+        """Save what was recorded (atomically) and note which recordings were replayed. The
+        recording log is deleted only once the cassette holding its recordings is saved."""
+        with self._lock:
+            new, used = list(self.new), set(self.used)
+        saved = False
+        try:
+            if new:
+                with folder_lock(self.path):
+                    base = self.cassette
+                    on_disk = self.cassette.sha256()
+                    if on_disk is not None and on_disk != self.cassette.content_sha256:
+                        # Another session saved this file since we loaded it: add to its content.
+                        base, used = Cassette.load(self.path), set()
+                    base.interactions, moved = merge(
+                        base.interactions, new, replace=self.mode is RecordMode.ALL
+                    )
+                    base.recorded_with = recorder_versions()
+                    base.save()
+                used = {moved[position] for position in used if position in moved}
+            saved = True
+        finally:
+            if self.log is not None:
+                self.log.close(delete=saved)
+        if used:
+            add_usage(self.path, used)
+
+    # What doors call ----------------------------------------------------------------------
+
+    def passes(self, host: str) -> bool:
+        """Is ``host`` allowed live, untouched and unrecorded (``allow_hosts``)?"""
+        return host.lower() in self.allow_hosts
+
+    def lookup(self, request: httpx.Request) -> httpx.Response | RecordedRequest:
+        """The recorded answer to ``request`` (this cassette's, else an enclosing one's), or,
+        when this session records, the redacted request for the door to send live and
+        :meth:`commit`. Raises :class:`ReplayMissError` when neither is possible."""
+        if self.replays or len(_sessions) > 1:
+            try:
+                return self._replay(request)
+            except _UnrecordedError as unrecorded:
+                sent: RecordedRequest = unrecorded.args[0]
+        else:  # record mode all: nothing to look up
+            sent = recorded_request(request)
+        if not self.records:
+            raise self.miss(sent) from None
+        return sent
+
+    def no_client_retry(self, status: int) -> bool:
+        """Should the answer tell the client not to retry (``x-should-retry: false``)?"""
+        return not self.client_retries and status in CLIENT_RETRIED_STATUSES
+
+    def _replay(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self.router.handler(request)
+        except _UnrecordedError:
+            for outer in reversed(_sessions[:-1]):
+                if outer is not self:
+                    try:
+                        return outer.router.handler(request)
+                    except _UnrecordedError:
+                        continue
+            raise
+
+
+def recorded_request(request: httpx.Request) -> RecordedRequest:
+    return RecordedRequest(request.method, redact_url(str(request.url)), encode_body(request.content))
+
+
+_STREAM_BASES: tuple[type, ...] = (httpx.SyncByteStream, httpx.AsyncByteStream)
+if httpx2 is not None:
+    _STREAM_BASES += (httpx2.SyncByteStream, httpx2.AsyncByteStream)
+
+
+class ChunkStream(*_STREAM_BASES):  # type: ignore[misc]
+    """A recorded body, yielded chunk by chunk (one chunk per server-sent event), sync or async."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+# ------------------------------------------------------------------------- the session stack
+
+#: Active sessions, innermost last, shared by all threads of the process.
+_sessions: list[CassetteSession] = []
+
+
+def active_session() -> CassetteSession | None:
+    """The innermost cassette in use, if any (shared by all threads of the process)."""
+    return _sessions[-1] if _sessions else None
+
+
+__all__ = ["CLIENT_RETRIED_STATUSES", "CassetteSession", "ChunkStream", "active_session", "recorded_request"]
