@@ -21,4 +21,4 @@ PY
 # and a half: they run once, in .venv/.
 "$venv/bin/pytest" -q \
   tests/test_client_families.py tests/test_replay.py tests/test_pytest_plugin.py tests/test_cli.py \
-  tests/test_evaluation.py -k "not sigkill" "$@"
+  tests/test_evaluation.py tests/test_vcr_import.py -k "not sigkill" "$@"

@@ -522,13 +522,13 @@ def test_run_miss_is_chainkits_error_after_one_attempt(
     from toolkit.replay import CassetteSession
 
     attempts: list[str] = []
-    handle = CassetteSession.handle
+    lookup = CassetteSession.lookup
 
-    def counted(self: CassetteSession, request: Any, send: Any) -> Any:
+    def counted(self: CassetteSession, request: Any) -> Any:
         attempts.append(str(request.url))
-        return handle(self, request, send)
+        return lookup(self, request)
 
-    monkeypatch.setattr(CassetteSession, "handle", counted)
+    monkeypatch.setattr(CassetteSession, "lookup", counted)
     result = run_qa(project, "What is MLflow??")
     assert result.exit_code == 1
     assert "Connection error" not in result.stderr
@@ -568,3 +568,63 @@ def test_run_names_the_miss_that_the_chain_wrapped(project: Path) -> None:
     )
     assert "Closest recorded request: #0 POST https://api.openai.com/v1/chat/completions" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ issue 9: errors that say why
+
+
+def test_run_a_chain_with_a_syntax_error_says_the_error(project: Path) -> None:
+    (project / "chains" / "broken.py").write_text(BROKEN)
+    result = run_qa(project)  # the others still run
+    assert result.exit_code == 0, result.output
+    result = invoke(project, "run", "broken", "--input", "{}")
+    assert result.exit_code == 1
+    assert "syntax error" in result.stderr and "broken.py:3" in result.stderr, result.stderr
+    assert "no chain named" not in result.stderr
+
+
+def test_project_that_is_a_file_says_so(tmp_path: Path) -> None:
+    file = tmp_path / "pyproject.toml"
+    file.write_text("")
+    result = invoke(file, "list")
+    assert result.exit_code == 2
+    assert "is a file, not a directory" in result.stderr, result.stderr
+
+
+def test_dotenv_in_the_project_root_is_read_and_the_real_environment_wins(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "x")
+    monkeypatch.delenv("CHAINKIT_RECORD_MODE")  # restored (absent) after the test, whatever .env set
+    (project / ".env").write_text("CHAINKIT_RECORD_MODE=bogus\n")
+    result = run_qa(project)
+    assert result.exit_code == 2 and "unknown record mode 'bogus'" in result.stderr, result.output
+    monkeypatch.setenv("CHAINKIT_RECORD_MODE", "none")
+    result = run_qa(project)
+    assert result.exit_code == 0, result.output
+
+
+def test_run_applies_the_projects_ignored_json_paths(project: Path) -> None:
+    """`[tool.chainkit] ignore_json_paths` reaches `chainkit run`: a question that differs only
+    in an ignored path replays; without the setting it is a miss."""
+    changed = "What is MLflow, really?"
+    assert run_qa(project, changed).exit_code == 1
+    (project / "pyproject.toml").write_text('[tool.chainkit]\nignore_json_paths = ["messages"]\n')
+    result = run_qa(project, changed)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == run_qa(project).stdout.strip()
+
+
+def test_log_debug_shows_the_traceback_of_a_failed_chain(project: Path) -> None:
+    (project / "chains" / "broken.py").write_text(
+        "import mlflow\n\ndef helper():\n    raise RuntimeError('broken at import')\n\n"
+        "helper()\nmlflow.models.set_model(lambda x: x)\n"
+    )
+    store = ["--tracking-uri", f"sqlite:///{project / 'mlflow.db'}"]
+    quiet = invoke(project, "log", "broken", *store)
+    assert quiet.exit_code == 1 and "broken at import" in quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    debug = CliRunner().invoke(cli, ["--project", str(project), "--debug", "log", "broken", *store])
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.stderr and "in helper" in debug.stderr
+    assert '"traceback"' not in invoke(project, "log", "broken", *store, "--json").stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -608,7 +609,11 @@ def test_no_secret_reaches_the_journal_mlflow_or_traces_and_resume_writes_none(
         assert len(rows) == 4 and all(marker in rows[0]["output"] for marker in MARKERS)
         assert rows[0]["scores"]["echo"] == rows[0]["output"]
         assert rows[1]["inputs"]["question"] == "my token is [REDACTED:MY_SERVICE_TOKEN]"
-        assert rows[2]["error"].startswith("ValueError: refusing leak 2 fail: [REDACTED:OPENAI_API_KEY]")
+        # The scorer's error (only its score is lost), as scrubbed as the rest.
+        assert rows[2]["error"] is None and "echo" in rows[2]["scores"]
+        assert rows[2]["scorer_errors"]["strict"].startswith(
+            "ValueError: refusing leak 2 fail: [REDACTED:OPENAI_API_KEY]"
+        )
 
         # A journal written before the scrub holds the raw value: --resume must not copy it.
         with sqlite3.connect(journal) as db:
@@ -616,9 +621,10 @@ def test_no_secret_reaches_the_journal_mlflow_or_traces_and_resume_writes_none(
             db.execute("UPDATE rows SET result = ? WHERE idx = 3", (json.dumps(raw),))
         db.close()
         resumed = CliRunner().invoke(cli, [*args, "--resume", journal.stem, "--json"])
-        assert resumed.exit_code == 1, resumed.output  # the row whose scorer raised
+        assert resumed.exit_code == 1, resumed.output  # the scorer that raised on a row
         summary = json.loads(resumed.stdout)["runs"][0]
-        assert (summary["run_id"], summary["rows"], summary["errors"]) == (journal.stem, 4, 1)
+        assert (summary["run_id"], summary["rows"], summary["errors"]) == (journal.stem, 4, 0)
+        assert summary["scorer_errors"] == 1
         assert not [value for value in FORBIDDEN if value in resumed.output]
     assert leaked_files(project.root, skip=(journal,)) == []
     client = MlflowClient(tracking_uri=store(project))
@@ -779,3 +785,78 @@ def test_a_chain_that_calls_sys_exit_fails_its_row_or_its_job_with_the_reason(pr
     result = eval_cli(project, "exits_at_import", "--data", str(data))
     assert result.exit_code == 1
     assert "exits_at_import.py: loading it called sys.exit(3)" in result.stderr
+
+
+# ----------------------------------------------------------------- issue 9: say what happened
+
+
+def test_a_raising_scorer_marks_only_its_score_and_the_cli_prints_row_errors(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "badscorers.py").write_text("def boom(outputs):\n    raise ValueError('scorer broke')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = write_dataset(project.root / "d.jsonl", ["What is MLflow?", "Not recorded?"], expected="mlflow")
+    result = eval_cli(project, "qa", "--data", str(data), "--scorer", "badscorers:boom")
+    assert result.exit_code == 1
+    assert "1 error, 1 scorer error" in result.stdout
+    assert "contains/mean     1" in result.stdout  # the built-in kept its score on row 0
+    assert "error: qa: row 0, scorer boom: ValueError: scorer broke" in result.stderr
+    assert "error: qa: row 1: ReplayMissError: no recorded response" in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = CliRunner().invoke(
+        cli,
+        ["--project", str(project.root), "--debug", "eval", "qa", "--data", str(data), "--scorer",
+         "badscorers:boom", "--tracking-uri", store(project), "--json"],
+    )
+    assert "Traceback" in debug.stderr and "raise ValueError('scorer broke')" in debug.stderr
+    run = json.loads(debug.stdout)["runs"][0]
+    assert [(f["index"], f["scorer"]) for f in run["failures"]] == [(0, "boom"), (1, None)]
+
+
+def test_an_empty_dataset_is_an_error_naming_the_file(project: Project) -> None:
+    data = project.root / "empty.jsonl"
+    data.write_text("\n")
+    result = eval_cli(project, "qa", "--data", str(data))
+    assert result.exit_code == 1
+    assert f"dataset {data} has no rows" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_concurrency_below_one_is_bad_usage(project: Project, value: str) -> None:
+    result = eval_cli(project, "qa", "--concurrency", value)
+    assert result.exit_code == 2 and "--concurrency" in result.stderr
+
+
+def test_metric_table_numbers_are_fixed_and_one_row_is_singular(project: Project) -> None:
+    data = write_dataset(project.root / "d.jsonl", ["What is MLflow?"], expected="mlflow")
+    result = eval_cli(project, "qa", "--data", str(data), "--prices", str(_prices(project)))
+    assert result.exit_code == 0, result.output
+    assert ": 1 row, 0 errors," in result.stdout
+    assert "e-0" not in result.stdout and "e+0" not in result.stdout
+    assert re.search(r"^rows\s+1$", result.stdout, re.MULTILINE)
+    assert re.search(r"^cost_usd\s+0\.0\d+$", result.stdout, re.MULTILINE), result.stdout
+
+
+def _prices(project: Project) -> Path:
+    path = project.root / "prices.json"
+    path.write_text(json.dumps({"gpt-4o-mini": [0.15, 0.6]}))
+    return path
+
+
+def test_cassette_option_is_honoured_for_a_chain(project: Project) -> None:
+    """`eval CHAIN --cassette X` replays X (and logs the chain with it), not cassettes/CHAIN.json."""
+    elsewhere = project.root / "recordings" / "qa-v2.json"
+    elsewhere.parent.mkdir()
+    project.cassette_for("qa").rename(elsewhere)
+    result = eval_cli(project, "qa", "--cassette", str(elsewhere), "--json")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["replayed_rows"] == 2 and run["errors"] == 0
+    assert not project.cassette_for("qa").exists()
+
+
+def test_a_scorer_module_in_the_project_root_is_found(project: Project) -> None:
+    (project.root / "projscorers.py").write_text("def short(outputs):\n    return len(outputs) < 500\n")
+    result = eval_cli(project, "qa", "--scorer", "projscorers:short", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"][0]["metrics"]["short/mean"] == 1.0

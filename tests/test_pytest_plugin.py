@@ -104,10 +104,15 @@ def test_help_lists_the_chainkit_group(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "chainkit: record and replay chain traffic:",
-            "*--record-mode={none,once,new_episodes,all}*",
             "*--allow-host*",
             "*--no-block-network*",
         ]
+    )
+    # chainkit's own --record-mode, or pytest-recording's (shared) when that is installed.
+    result.stdout.fnmatch_lines(["*--record-mode={*}*"])
+    alone = inner.runpytest("--help", "-p", "no:recording")
+    alone.stdout.fnmatch_lines(
+        ["chainkit: record and replay chain traffic:", "*--record-mode={none,once,new_episodes,all}*"]
     )
 
 
@@ -141,7 +146,8 @@ def test_invalid_record_mode_in_the_environment_is_a_usage_error(
 def test_cassette_marker_is_registered(inner: pytest.Pytester) -> None:
     result = inner.runpytest("--markers")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=()):*"])
+    marker = "@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=(), ignore_json_paths=()):*"
+    result.stdout.fnmatch_lines([marker])
 
 
 def test_cassette_marker_passes_strict_markers(inner: pytest.Pytester) -> None:
@@ -891,3 +897,47 @@ def test_an_inner_session_leaves_the_outer_network_state_as_it_was(
     monkeypatch.setenv("CHAINKIT_RECORD_MODE", "sometimes")  # fails in pytest_configure
     assert inner.runpytest().ret == pytest.ExitCode.USAGE_ERROR
     assert state() == before
+
+
+# --- beside pytest-recording --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chainkit_first", [True, False])
+def test_pytest_recording_and_chainkit_register_in_either_order(chainkit_first: bool) -> None:
+    """Users coming from pytest-recording have it installed: one --record-mode for both."""
+    from _pytest.config import PytestPluginManager
+    from _pytest.config.argparsing import Parser
+    from pytest_recording import plugin as recording
+
+    from toolkit import pytest_plugin
+
+    parser, manager = Parser(), PytestPluginManager()
+    if chainkit_first:
+        pytest_plugin.pytest_addoption(parser, manager)
+        recording.pytest_addoption(parser)  # raised "option dest 'record_mode' already used"
+    else:
+        recording.pytest_addoption(parser)
+        pytest_plugin.pytest_addoption(parser, manager)
+    options = parser.parse_known_args(["--record-mode=once", "--allow-host=h"])
+    assert (options.record_mode, options.chainkit_allow_hosts) == ("once", ["h"])
+
+
+def test_with_pytest_recording_loaded_both_read_the_one_record_mode(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_modes="""
+        def test_modes(request, record_mode, chainkit_record_mode):
+            assert request.config.pluginmanager.has_plugin("recording")
+            assert (record_mode, chainkit_record_mode) == ("once", "once")
+        """
+    )
+    result = inner.runpytest_subprocess("--record-mode=once", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
+
+
+def test_fixtures_show_their_docstrings(inner: pytest.Pytester) -> None:
+    result = inner.runpytest("--fixtures", "-p", "no:recording")
+    out = result.stdout.str()
+    for fixture in ("chainkit_record_mode", "chainkit_allow_hosts", "cassette_path", "chain_runner"):
+        assert re.search(rf"^{fixture}\b.*\n    \S", out, re.MULTILINE), f"{fixture} has no docstring"
+    assert "no docstring available" not in out.split("fixtures defined from toolkit.pytest_plugin")[-1]

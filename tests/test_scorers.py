@@ -332,3 +332,14 @@ def test_values_kept_only_for_median_or_p90(names: list[str]) -> None:
     agg = aggregate(names, [3, 1, 2])
 
     assert agg.values == [3.0, 1.0, 2.0]
+
+
+def test_a_raising_scorer_loses_only_its_own_score(scorer_module: Any, builtins: list[Any]) -> None:
+    module = scorer_module("def boom(outputs):\n    raise ValueError('bad scorer')\n")
+    boom = load_scorer(f"{module}:boom")
+    errors: dict[str, BaseException] = {}
+    values = score([*builtins, boom], {}, "Paris", {"expected_contains": "paris"}, errors=errors)
+    assert values == {"contains": True}
+    assert list(errors) == ["boom"] and str(errors["boom"]) == "bad scorer"
+    with pytest.raises(ValueError, match="bad scorer"):  # without `errors`, it propagates
+        score([boom], {}, "Paris", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -19,15 +20,15 @@ from typing import Any, TypeVar
 import click
 
 from toolkit.errors import ChainkitError, UsageError, refusal_in
+from toolkit.record_mode import RecordMode
 
 F = TypeVar("F", bound=Callable[..., Any])
-RECORD_MODES = ["none", "once", "new_episodes", "all"]
 
 # Options several commands share, defined once so their names and help stay the same.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 record_mode_option = click.option(
     "--record-mode",
-    type=click.Choice(RECORD_MODES),
+    type=click.Choice(RecordMode.choices()),
     default=None,
     help="Default: $CHAINKIT_RECORD_MODE, else none (replay only, offline).",
 )
@@ -46,9 +47,11 @@ class Context:
 
     @property
     def project(self) -> Any:
-        from toolkit.project import Project
+        from toolkit.project import Project, load_env
 
-        return Project.at(self.project_dir)
+        project = Project.at(self.project_dir)
+        load_env(project.root)
+        return project
 
 
 def reports_errors(func: F) -> F:
@@ -84,6 +87,20 @@ def fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") ->
 
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def number(value: float) -> str:
+    """For a table: an integer as one, else fixed decimals (3 significant digits below 1)."""
+    if float(value).is_integer():
+        return str(int(value))
+    if abs(value) >= 1:
+        return f"{value:.3f}"
+    decimals = min(8, max(3, 2 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int = 48) -> str:
@@ -283,6 +300,8 @@ def log_command(
         click.echo(table(["chain", "status", "version", "model_uri", "time"], rows, width=60))
         for result in results:
             if result.error:
+                if obj.debug and result.traceback:
+                    click.echo(result.traceback.rstrip(), err=True)
                 click.echo(f"error: {result.error}", err=True)
         if uri.startswith("sqlite:"):
             click.echo(f"\nbrowse them: .venv/bin/mlflow ui --backend-store-uri {uri}")
@@ -343,7 +362,7 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
 )
 @click.option("--model-uri", default=None, help="Evaluate a logged model (models:/qa@candidate) instead.")
 @click.option("--all", "every", is_flag=True, help="Every chain that has a dataset under datasets/.")
-@click.option("--concurrency", type=int, default=None, help="Rows at a time (default 8).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Rows at a time (default 8).")
 @record_mode_option
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Finish an interrupted run.")
 @click.option(
@@ -370,7 +389,8 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
     "--cassette",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Recording for --model-uri (default: the one of the chain it was logged from).",
+    help="The recording to replay and record into (default: cassettes/CHAIN.json; for --model-uri, "
+    "the one of the chain it was logged from).",
 )
 @allow_host_option
 @tracking_uri_option
@@ -425,7 +445,7 @@ def eval_command(
     for name, path in jobs:
         options = EvalOptions(
             data=path,
-            concurrency=concurrency or DEFAULT_CONCURRENCY,
+            concurrency=DEFAULT_CONCURRENCY if concurrency is None else concurrency,
             record_mode=record_mode,
             resume=resume,
             scorers=scorers,
@@ -451,13 +471,23 @@ def eval_command(
         emit_json({"runs": [summary.to_json() for summary in summaries]})
     else:
         for summary in summaries:
+            scorer_errors = summary.scorer_errors and f", {plural(summary.scorer_errors, 'scorer error')}"
             click.echo(
-                f"{summary.chain}: run {summary.run_id}: {summary.rows} rows, {summary.errors} errors, "
-                f"{summary.replayed_rows} replayed, {summary.live_rows} live, {summary.tokens} tokens, "
+                f"{summary.chain}: run {summary.run_id}: {plural(summary.rows, 'row')}, "
+                f"{plural(summary.errors, 'error')}{scorer_errors or ''}, {summary.replayed_rows} replayed, "
+                f"{summary.live_rows} live, {plural(summary.tokens, 'token')}, "
                 f"~${summary.cost_usd:.4f}, {summary.seconds:.1f}s"
             )
-            rows = [[name, f"{value:.4g}"] for name, value in sorted(summary.metrics.items())]
+            rows = [[name, number(value)] for name, value in sorted(summary.metrics.items())]
             click.echo(table(["metric", "value"], rows))
+    for summary in summaries:  # on stderr, --json or not: what went wrong, first few
+        from toolkit.eval_results import describe_failures
+
+        for failure in summary.failures if obj.debug else ():
+            if failure.traceback:
+                click.echo(failure.traceback.rstrip(), err=True)
+        for line in describe_failures(summary.failures, summary.failures_not_shown):
+            click.echo(f"error: {summary.chain}: {line}", err=True)
     if not all(summary.ok for summary in summaries):
         obj_exit(1)
 
@@ -551,6 +581,52 @@ def cassette_prune(path: Path) -> None:
     click.echo(f"{path}: kept {kept}, dropped {dropped} unused interactions")
 
 
+@cassette.command("import")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--into", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: cassettes/."
+)
+@click.option(
+    "--other-hosts",
+    type=click.Choice(["keep", "drop"]),
+    default="keep",
+    show_default=True,
+    help="Traffic that is not the OpenAI API (telemetry, package indexes): keep it or drop it.",
+)
+@click.option("--report", is_flag=True, help="List every interaction: kept, dropped, redacted, and why.")
+@click.option("--dry-run", is_flag=True, help="Report only; write nothing.")
+@json_option
+@click.pass_obj
+@reports_errors
+def cassette_import(
+    obj: Context,
+    sources: tuple[Path, ...],
+    into: Path | None,
+    other_hosts: str,
+    report: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Import vcrpy / pytest-recording cassettes (YAML or JSON) as DIR/<name>.json.
+
+    An existing cassette of that name is merged into, never overwritten.
+    """
+    from toolkit.vcr_import import import_cassettes
+
+    reports = import_cassettes(
+        sources, into or obj.project.cassettes_dir, other_hosts=other_hosts, dry_run=dry_run
+    )
+    if as_json:
+        emit_json([r.to_json() for r in reports])
+        return
+    for result in reports:
+        click.echo(result.summary())
+        for note in result.interactions if report else ():
+            click.echo(f"  #{note.index} {note.outcome.value}: {note.method} {note.url} ({note.status})")
+            for line in note.notes:
+                click.echo(f"      {line}")
+
+
 # ----------------------------------------------------------------------------------- proxy
 
 
@@ -575,7 +651,6 @@ def proxy_command(
     gracefully on Ctrl-C or SIGTERM, recordings saved.
     """
     from toolkit.proxy import serve
-    from toolkit.replay import RecordMode
 
     mode = RecordMode.parse(record_mode)
 

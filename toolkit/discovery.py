@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ChainNotFoundError
+from toolkit.errors import ChainLoadError, ChainNotFoundError
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SET_MODEL = {"mlflow.models.set_model", "mlflow.models.model.set_model"}
@@ -62,6 +62,13 @@ class Problem:
         where = f"{self.path}:{self.line}" if self.line else str(self.path)
         return f"{where}: {self.message}"
 
+    @property
+    def chain_name(self) -> str | None:
+        """The chain this file would define (None for a problem with the folder itself)."""
+        if self.path.name == "__init__.py":
+            return self.path.parent.name
+        return self.path.stem if self.path.suffix == ".py" else None
+
 
 @dataclass(frozen=True)
 class Discovery:
@@ -75,6 +82,9 @@ class Discovery:
         for chain in self.chains:
             if chain.name == name:
                 return chain
+        for problem in self.problems:  # a file that is there but broken: say why, not "no chain"
+            if problem.chain_name == name:
+                raise ChainLoadError(f"chain {name!r} cannot be used: {problem}")
         names = [chain.name for chain in self.chains]
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

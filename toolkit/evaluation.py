@@ -1,10 +1,11 @@
 """Batch evaluation: a chain over a dataset, live or replayed, scored, with the results in MLflow.
 
-Built on what measures well here (DESIGN field note 10): rows run as asyncio tasks over the
-chain's own ``ainvoke``, at most ``concurrency`` at a time (an AIMD limit that halves under
-429s and climbs back), instead of ``mlflow.genai.evaluate``, whose cost per row grows with the
-run. Each finished row goes to a SQLite journal at once; ``--resume RUN_ID`` skips those rows,
-so a job killed at any moment loses no finished row and repeats no API call for one.
+Built on what measures well here (DESIGN field note 10): each row calls the chain's synchronous
+``invoke`` in a worker thread (see :data:`Invoke`), scheduled by asyncio, at most
+``concurrency`` at a time (an AIMD limit that halves under 429s and climbs back), instead of
+``mlflow.genai.evaluate``, whose cost per row grows with the run. Each finished row goes to a
+SQLite journal at once; ``--resume RUN_ID`` skips those rows, so a job killed at any moment
+loses no finished row and repeats no API call for one.
 
 At the end, one MLflow run per chain holds: metrics ``<scorer>/<aggregation>`` (also attached
 to the evaluated LoggedModel), the per-row table (``eval_results_table.json``, the artifact
@@ -19,8 +20,8 @@ import atexit
 import contextlib
 import hashlib
 import json
-import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,23 +31,24 @@ from typing import Any
 from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
 from toolkit.discovery import ChainSpec, Flavor, discover
-from toolkit.errors import RequestRefusedError, UsageError, refusal_in
+from toolkit.errors import DatasetError, UsageError, refusal_in
+from toolkit.eval_results import EvalSummary, Totals, finish_run
 from toolkit.exchanges import Exchange, collect_exchanges
 from toolkit.journal import Journal
 from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
 from toolkit.matching import replay_scope
+from toolkit.outputs import plain_output
 from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
 from toolkit.progress import Progress
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
-from toolkit.redaction import redact_span, scrub, secret_values
+from toolkit.redaction import redact_span, scrub
 from toolkit.replay import RecordMode, use_cassette
 from toolkit.resume import check_resume, pin_dataset, resumed_run, run_settings
 from toolkit.scorers import MEASURES, Aggregate, resolve, score
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits
 MAX_ATTEMPTS = 6
-TABLE_ROW_LIMIT = 10_000
 #: USD per million tokens (input, output); override with --prices FILE.json.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
@@ -79,43 +81,7 @@ class EvalOptions:
     trace: bool = False  # a trace per row (LangChain autologged inside), scores attached
 
 
-@dataclass
-class EvalSummary:
-    chain: str
-    run_id: str
-    model_id: str | None
-    rows: int
-    errors: int
-    replayed_rows: int
-    live_rows: int
-    skipped_rows: int  # finished before a resume
-    metrics: dict[str, float]
-    tokens: int
-    cost_usd: float
-    cassette_sha256: str | None
-    seconds: float
-    limit_history: list[int]
-
-    @property
-    def ok(self) -> bool:
-        return self.errors == 0
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 # ------------------------------------------------------------------------------ one row
-
-
-def plain(output: Any) -> Any:
-    """What a chain returned, as JSON-ready data (message content, pydantic models dumped)."""
-    output = getattr(output, "content", output)
-    if hasattr(output, "model_dump"):
-        output = output.model_dump()
-    try:
-        return json.loads(json.dumps(output))  # also turns langchain's str subclasses into str
-    except (TypeError, ValueError):
-        return str(output)
 
 
 def cost_of(exchanges: Iterable[Exchange], prices: Mapping[str, tuple[float, float]]) -> float:
@@ -128,6 +94,10 @@ def cost_of(exchanges: Iterable[Exchange], prices: Mapping[str, tuple[float, flo
             price_in, price_out = prices[model]
             total += (exchange.prompt_tokens * price_in + exchange.completion_tokens * price_out) / 1e6
     return total
+
+
+def described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class RowRunner:
@@ -164,7 +134,7 @@ class RowRunner:
                 ):
                     started = time.perf_counter()
                     try:
-                        output, error = plain(await self._call(row.inputs)), None
+                        output, error = plain_output(await self._call(row.inputs)), None
                     except Exception as exc:  # a miss is the row's error, even one a client wrapped
                         error = refusal_in(exc) or exc
                     latency = time.perf_counter() - started
@@ -181,13 +151,9 @@ class RowRunner:
         if error is None:
             await self.limit.succeeded()
         scores: dict[str, Any] = {}
-        if error is None:
-            try:
-                scores = score(self.scorers, row.inputs, output, row.expectations)
-            except RequestRefusedError:
-                raise  # a scorer that needs the network: the whole job stops, clearly
-            except Exception as exc:
-                error = exc
+        scorer_errors: dict[str, BaseException] = {}  # a scorer that raised: only its score is lost
+        if error is None:  # a scorer that needs the network raises: the whole job stops, clearly
+            scores = score(self.scorers, row.inputs, output, row.expectations, errors=scorer_errors)
         prompt = sum(e.prompt_tokens for e in exchanges)
         completion = sum(e.completion_tokens for e in exchanges)
         result = {
@@ -204,7 +170,12 @@ class RowRunner:
             "replayed": None if not exchanges else all(e.replayed for e in exchanges),
             "live_calls": sum(not e.replayed for e in exchanges),
             "attempts": attempt,
-            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "error": None if error is None else described(error),
+            "scorer_errors": {name: described(exc) for name, exc in scorer_errors.items()},
+            "traceback": "".join(
+                "".join(traceback.format_exception(exc)) for exc in [error, *scorer_errors.values()] if exc
+            )
+            or None,
             "trace_id": trace_id,
         }
         self.journal.write(row.index, result)
@@ -247,17 +218,6 @@ def _tracing(enabled: bool, model_id: str | None) -> Iterator[None]:
             yield
         finally:
             mlflow.langchain.autolog(disable=True)
-
-
-def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
-    """Each score on the row's trace, as MLflow's evaluation attaches its feedback."""
-    import mlflow
-    from mlflow.entities import AssessmentSource
-
-    source = AssessmentSource(source_type="CODE", source_id="chainkit")
-    clean, _ = scrub(dict(scores))
-    for name, value in clean.items():
-        mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
 
 
 def row_scopes(rows: Iterable[Row]) -> Iterator[tuple[Row, str]]:
@@ -323,14 +283,21 @@ class Target:
 
 
 def _chain_target(
-    project: Project, spec: ChainSpec, experiment_id: str, record_mode: str | None, model_id: str | None
+    project: Project,
+    spec: ChainSpec,
+    experiment_id: str,
+    record_mode: str | None,
+    model_id: str | None,
+    cassette: Path,
 ) -> Target:
     """``model_id``: the resumed run's model. It is kept, not logged again: in record modes the
     cassette (part of a model's fingerprint) changed since the run started, and a new model
     would get the metrics of rows the run's model answered."""
     if model_id is None:
         with chain_code(f"chain {spec.name}"):  # logging runs the chain on its example
-            model_id = log_chain(project, spec, experiment_id, record_mode=record_mode).model_id
+            model_id = log_chain(
+                project, spec, experiment_id, record_mode=record_mode, cassette=cassette
+            ).model_id
     what = f"chain {spec.name}"
 
     def load() -> Invoke:
@@ -340,7 +307,7 @@ def _chain_target(
             return guarded(lambda inputs: predict_python_model(chain, inputs), what)
         return guarded(chain.invoke, what)
 
-    return Target(spec.name, model_id, project.cassette_for(spec.name), load)
+    return Target(spec.name, model_id, cassette, load)
 
 
 def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Target:
@@ -391,9 +358,15 @@ def evaluate(
     if options.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     mode = RecordMode.parse(options.record_mode)
-    scorers = resolve(options.scorers, offline=mode is RecordMode.NONE)
+    with on_sys_path(project.root):  # `--scorer pkg.mod:fn` from the project root, as for chains
+        scorers = resolve(options.scorers, offline=mode is RecordMode.NONE)
     aggregates = {name: Aggregate(options.aggregations) for name in MEASURES}  # also validates names
     total = count_rows(options.data)  # reads every row: a malformed file fails before any run exists
+    if total == 0:
+        raise DatasetError(
+            f"dataset {options.data} has no rows: add one per line, e.g. "
+            '{"inputs": {"question": "..."}, "expectations": {"expected_contains": "..."}}'
+        )
     dataset_sha = file_digest(options.data)
     settings = run_settings(mode, dataset_sha, options.scorers, options.aggregations)
     started = time.perf_counter()
@@ -402,14 +375,17 @@ def evaluate(
         resumed = resumed_run(options.resume) if options.resume else None
         if chain is not None:
             spec = discover(project.chains_dir).get(chain)
+            chain_cassette = cassette or project.cassette_for(chain)  # --cassette is honoured
             settings |= {
                 "chainkit.evaluated": f"chain {chain}",
                 "chainkit.chain_sha256": file_sha256(spec.path) or "",
-                "chainkit.cassette": str(project.cassette_for(chain)),
+                "chainkit.cassette": str(chain_cassette),
             }
             check_resume(resumed, settings, options.data)  # before logging: a refused resume logs nothing
             model_id = resumed.data.tags.get("chainkit.model_id") if resumed else None
-            target = _chain_target(project, spec, experiment_id, options.record_mode, model_id)
+            target = _chain_target(
+                project, spec, experiment_id, options.record_mode, model_id, chain_cassette
+            )
         elif model_uri is not None:
             target = _model_target(project, model_uri, cassette)
             settings |= {"chainkit.evaluated": model_uri, "chainkit.cassette": str(target.cassette)}
@@ -428,7 +404,13 @@ def evaluate(
             with (
                 # client_retries=False: the row runner's retries are the one policy (AIMD,
                 # retry-after); the client's own would multiply them (3 x 6 attempts a row).
-                use_cassette(target.cassette, mode, allow_hosts=options.allow_hosts, client_retries=False),
+                use_cassette(
+                    target.cassette,
+                    mode,
+                    allow_hosts=options.allow_hosts,
+                    client_retries=False,
+                    ignore_json_paths=project.ignore_json_paths,
+                ),
                 _tracing(options.trace, target.model_id),
             ):
                 invoke = target.load()
@@ -488,87 +470,29 @@ def _finish(
     limit: AdaptiveLimit,
     started: float,
 ) -> EvalSummary:
-    rows = errors = replayed = live = tokens = 0
-    cost = 0.0
-    table: dict[str, list[Any]] | None = {} if journal.count() <= TABLE_ROW_LIMIT else None
-    if options.trace:
-        mlflow.flush_trace_async_logging()  # the rows' traces must exist before feedback on them
-    with tempfile.TemporaryDirectory() as folder:
-        every_row = Path(folder) / "eval_results.jsonl"
-        secrets = secret_values()
-        with every_row.open("w", encoding="utf-8") as out:
-            for result in journal.results():
-                result, _ = scrub(result, secrets)  # a journal from before the scrub, resumed
-                rows += 1
-                errors += result["error"] is not None
-                replayed += result["replayed"] is True
-                live += result["live_calls"] > 0
-                tokens += result["token_usage"]
-                cost += result["cost_usd"]
-                for name in MEASURES:
-                    aggregates[name].add(result[name])
-                for name, value in result["scores"].items():
-                    aggregates.setdefault(name, Aggregate(options.aggregations)).add(value)
-                out.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
-                if result.get("trace_id"):
-                    _attach_assessments(result["trace_id"], result["scores"])
-                if table is not None:
-                    _table_row(table, result)
-        mlflow.log_artifact(str(every_row))
-    if table is not None:
-        mlflow.log_table(data=table, artifact_file="eval_results_table.json")
-    metrics = {f"{name}/{agg}": value for name, a in aggregates.items() for agg, value in a.result().items()}
-    metrics.update(
-        {
-            "rows": rows,
-            "errors": errors,
-            "replayed_rows": replayed,
-            "live_rows": live,
-            "tokens": tokens,
-            "cost_usd": round(cost, 6),
-        }
+    totals = Totals(aggregates, options.aggregations)
+    metrics, cassette_sha = finish_run(
+        mlflow, journal, totals, model_id=target.model_id, cassette=target.cassette, trace=options.trace
     )
-    mlflow.log_metrics(metrics, model_id=target.model_id)
-    cassette_sha = file_sha256(target.cassette)
-    mlflow.set_tag("chainkit.cassette_sha256", cassette_sha or "none")
     return EvalSummary(
         target.name,
         run_id,
         target.model_id,
-        rows,
-        errors,
-        replayed,
-        live,
+        totals.rows,
+        totals.errors,
+        totals.replayed,
+        totals.live,
         skipped,
         metrics,
-        tokens,
-        round(cost, 6),
+        totals.tokens,
+        round(totals.cost, 6),
         cassette_sha,
         round(time.perf_counter() - started, 3),
         limit.history,
+        totals.scorer_errors,
+        totals.failures,
+        totals.failures_not_shown,
     )
-
-
-def _table_row(table: dict[str, list[Any]], result: Mapping[str, Any]) -> None:
-    columns = {
-        "index": result["index"],
-        "inputs": json.dumps(result["inputs"], ensure_ascii=False, default=str),
-        "output": result["output"]
-        if isinstance(result["output"], str)
-        else json.dumps(result["output"], default=str),
-        "expectations": json.dumps(result["expectations"], ensure_ascii=False, default=str),
-        "latency": result["latency"],
-        "token_usage": result["token_usage"],
-        "replayed": result["replayed"],
-        "error": result["error"],
-        **{f"score/{name}": value for name, value in result["scores"].items()},
-    }
-    count = len(table.get("index", []))
-    for name, value in columns.items():
-        table.setdefault(name, [None] * count).append(value)
-    for values in table.values():
-        if len(values) == count:  # a score this row does not have
-            values.append(None)
 
 
 def datasets_for(project: Project) -> dict[str, Path]:

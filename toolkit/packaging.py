@@ -28,6 +28,7 @@ import logging
 import os
 import subprocess
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from toolkit.cassette import Cassette, file_sha256
 from toolkit.discovery import ChainSpec, Flavor, Problem, discover
 from toolkit.errors import ChainkitError, UsageError, refusal_in
 from toolkit.loading import exit_error, load_chain, on_sys_path, predict_python_model
+from toolkit.outputs import plain_output
 from toolkit.project import Project
 from toolkit.redaction import check_no_secrets, scrub
 from toolkit.replay import RecordMode, use_cassette
@@ -60,13 +62,15 @@ class LogResult:
     alias: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: The failure's traceback, secrets scrubbed: printed by ``chainkit log --debug``.
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status != "failed"
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {key: value for key, value in self.__dict__.items() if key != "traceback"}
 
 
 # ------------------------------------------------------------------------ tracking store
@@ -183,13 +187,8 @@ def signature_for(spec: ChainSpec, chain: Any) -> Any:
         output = predict_python_model(chain, spec.input_example)
     else:
         output = chain.invoke(spec.input_example)
-    output = getattr(output, "content", output)
-    if hasattr(output, "model_dump"):
-        output = output.model_dump()
     # Plain JSON types only: langchain returns str subclasses, which MLflow's inference rejects.
-    with contextlib.suppress(TypeError, ValueError):
-        output = json.loads(json.dumps(output))
-    return infer_signature(spec.input_example, output)
+    return infer_signature(spec.input_example, plain_output(output))
 
 
 def _existing_model(experiment_id: str, fingerprint_value: str) -> Any:
@@ -230,12 +229,14 @@ def log_chain(
     force: bool = False,
     record_mode: str | RecordMode | None = None,
     carry_cassette: bool = True,
+    cassette: Path | None = None,
 ) -> LogResult:
-    """Log one chain (see the module docstring); errors are raised, not caught."""
+    """Log one chain (see the module docstring); errors are raised, not caught. ``cassette``:
+    the recordings to log with (default: the project's cassette for the chain)."""
     import mlflow
 
     started = time.perf_counter()
-    cassette_path = project.cassette_for(spec.name)
+    cassette_path = cassette or project.cassette_for(spec.name)
     cassette = Cassette.load(cassette_path)
     dependencies = chain_dependencies(spec.path, project.chains_dir, cassette.recorded_with)
     for file in [
@@ -259,7 +260,10 @@ def log_chain(
         commit = git_commit(project.root)
         if commit:
             tags[f"{TAG_PREFIX}git_commit"] = commit
-        with use_cassette(cassette_path, record_mode), on_sys_path(project.chains_dir):
+        with (
+            use_cassette(cassette_path, record_mode, ignore_json_paths=project.ignore_json_paths),
+            on_sys_path(project.chains_dir),
+        ):
             chain = load_chain(spec.path, spec.model_config)
             signature = signature_for(spec, chain)
             kwargs: dict[str, Any] = {
@@ -328,10 +332,6 @@ def _log_replay_artifacts(model_id: str, cassette: Path | None) -> None:
         MlflowClient().log_model_artifacts(model_id, str(staged), str(CARRIED_CASSETTE.parent))
 
 
-def _problem_name(path: Path) -> str:
-    return path.parent.name if path.name == "__init__.py" else path.stem
-
-
 def log_chains(
     project: Project,
     names: Iterable[str] = (),
@@ -347,7 +347,7 @@ def log_chains(
     found = discover(project.chains_dir)
     wanted = list(names)
     # A chain file discovery rejected (syntax error, no set_model) fails alone, like any other.
-    broken = {_problem_name(problem.path): problem for problem in found.problems}
+    broken = {problem.chain_name: problem for problem in found.problems if problem.chain_name}
     specs: list[ChainSpec | Problem] = (
         [broken.get(name) or found.get(name) for name in wanted]
         if wanted
@@ -361,7 +361,7 @@ def log_chains(
         for spec in specs:
             started = time.perf_counter()
             if isinstance(spec, Problem):
-                name = _problem_name(spec.path)
+                name = spec.chain_name or str(spec.path)
                 results.append(LogResult(name, "failed", error=f"chain {name}: {spec}"))
                 continue
             try:
@@ -388,6 +388,7 @@ def log_chains(
                         "failed",
                         error=f"chain {spec.name}: {reason}",
                         seconds=round(time.perf_counter() - started, 3),
+                        traceback=scrub("".join(traceback.format_exception(exc)))[0],
                     )
                 )
     return results

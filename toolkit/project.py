@@ -6,6 +6,7 @@ Defaults: ``chains/``, ``cassettes/`` and ``datasets/`` under the project root. 
     [tool.chainkit]
     chains = "src/chains"
     cassettes = "recordings"
+    ignore_json_paths = ["user", "metadata"]   # left out when matching requests to recordings
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ class Project:
     chains_dir: Path
     cassettes_dir: Path
     datasets_dir: Path
+    #: JSON body fields left out when matching requests to recordings (see toolkit.matching).
+    ignore_json_paths: tuple[str, ...] = ()
 
     @classmethod
     def at(cls, root: str | Path = ".") -> Project:
         root = Path(root).resolve()
         if not root.is_dir():
-            raise UsageError(f"project directory {root} does not exist; pass --project DIR")
+            state = "is a file, not a directory" if root.exists() else "does not exist"
+            raise UsageError(f"project directory {root} {state}; pass --project DIR")
         settings: dict[str, object] = {}
         pyproject = root / "pyproject.toml"
         if pyproject.is_file():
@@ -48,7 +52,26 @@ class Project:
                 raise UsageError(f"{pyproject}: tool.chainkit.{key} must be a folder path (a string)")
             return root / value
 
-        return cls(root, folder("chains"), folder("cassettes"), folder("datasets"))
+        ignored = settings.get("ignore_json_paths", [])
+        if not isinstance(ignored, list) or not all(isinstance(path, str) for path in ignored):
+            raise UsageError(
+                f'{pyproject}: tool.chainkit.ignore_json_paths must be a list of JSON paths, e.g. ["user"]'
+            )
+        from toolkit.matching import parse_json_path
+
+        for path in ignored:
+            try:
+                parse_json_path(path)
+            except ValueError as exc:
+                raise UsageError(f"{pyproject}: tool.chainkit.ignore_json_paths: {exc}") from None
+        return cls(root, folder("chains"), folder("cassettes"), folder("datasets"), tuple(ignored))
 
     def cassette_for(self, chain_name: str) -> Path:
         return self.cassettes_dir / f"{chain_name}.json"
+
+
+def load_env(root: Path) -> None:
+    """``.env`` in the project root, as .env.example says; the real environment wins."""
+    from dotenv import load_dotenv
+
+    load_dotenv(root / ".env", override=False)

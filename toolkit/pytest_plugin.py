@@ -12,8 +12,8 @@ whose ``cassette`` marker records (``record_mode="once"`` with no ``--record-mod
 ``--no-block-network`` leaves the session open (cassettes in mode none still close it while they
 are active).
 
-Marker: ``@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=())`` runs the test
-under a cassette, by default ``tests/cassettes/<module>/<test>.json`` beside the test file
+Marker: ``@pytest.mark.cassette(path=None, record_mode=None, allow_hosts=(), ignore_json_paths=())``
+runs the test under a cassette, by default ``tests/cassettes/<module>/<test>.json`` beside the test file
 (``<Class>.<test>.json`` for a method; parameter ids kept).
 
 The record mode is, first to last: ``--record-mode`` when given (so ``--record-mode=none`` in CI
@@ -24,6 +24,10 @@ Fixtures (each small and overridable; prefixed so they do not collide with pytes
 
 - ``chainkit_record_mode``: the mode in force for this test.
 - ``chainkit_allow_hosts``: hosts reachable live (``--allow-host`` and the marker's).
+- ``chainkit_config``: per-module settings, as pytest-recording's ``vcr_config``: override it in
+  a test module or conftest.py to return e.g. ``{"ignore_json_paths": ["user"]}``.
+- ``chainkit_ignore_json_paths``: JSON body fields left out of matching: the project's
+  (``[tool.chainkit] ignore_json_paths``), then ``chainkit_config``'s, then the marker's.
 - ``cassette_path``: the test's default cassette path.
 - ``cassette``: the active :class:`~toolkit.replay.CassetteSession` for the test's cassette.
 - ``chainkit_project``: the project the test runs in (default: pytest's rootdir).
@@ -33,6 +37,7 @@ Fixtures (each small and overridable; prefixed so they do not collide with pytes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -43,23 +48,27 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from toolkit.record_mode import RecordMode
+
 if TYPE_CHECKING:
     from toolkit.project import Project
     from toolkit.replay import CassetteSession
 
-RECORD_MODES = ("none", "once", "new_episodes", "all")
 _NETWORK_CLOSED = pytest.StashKey[bool]()  # set when the session closed the network
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     group = parser.getgroup("chainkit", "chainkit: record and replay chain traffic")
-    group.addoption(
-        "--record-mode",
-        action="store",
-        default=None,
-        choices=RECORD_MODES,
-        help="cassette record mode (default: $CHAINKIT_RECORD_MODE, else none: replay only)",
-    )
+    if not _pytest_recording_to_come(pluginmanager):
+        # pytest-recording registered it first (ValueError): both plugins read that one.
+        with contextlib.suppress(ValueError):
+            group.addoption(
+                "--record-mode",
+                action="store",
+                default=None,
+                choices=RecordMode.choices(),
+                help="cassette record mode (default: $CHAINKIT_RECORD_MODE, else none: replay only)",
+            )
     group.addoption(
         "--allow-host",
         action="append",
@@ -77,14 +86,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _pytest_recording_to_come(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """Whether pytest-recording will register ``--record-mode`` after this plugin: installed,
+    not yet loaded, not disabled (``-p no:recording``), loaded with the installed plugins.
+
+    Users coming from pytest-recording have it installed. Both plugins then share its option
+    (same name, same meaning; it also accepts ``rewrite``, which chainkit reads as ``all``)."""
+    import importlib.util
+
+    return (
+        importlib.util.find_spec("pytest_recording") is not None
+        and not pluginmanager.has_plugin("recording")
+        and not pluginmanager.is_blocked("recording")
+        and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    )
+
+
+def _option_mode(config: pytest.Config) -> str | None:
+    """``--record-mode`` as given (None when not given)."""
+    mode = config.getoption("--record-mode", default=None)
+    # pytest-recording's "rewrite" (start the cassette afresh) is chainkit's "all" (re-record all).
+    return "all" if mode == "rewrite" else mode
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "cassette(path=None, record_mode=None, allow_hosts=()): run the test under a chainkit "
-        "cassette (default tests/cassettes/<module>/<test>.json)",
+        "cassette(path=None, record_mode=None, allow_hosts=(), ignore_json_paths=()): run the test "
+        "under a chainkit cassette (default tests/cassettes/<module>/<test>.json)",
     )
     from toolkit.errors import UsageError
-    from toolkit.replay import RecordMode
 
     try:  # a bad $CHAINKIT_RECORD_MODE is a usage error now, not a failure in every test
         RecordMode.parse(None)
@@ -95,9 +126,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _close_the_network(config: pytest.Config) -> None:
     from toolkit.network import NetworkGuard
-    from toolkit.replay import ALLOW_HOSTS_VARIABLE, RecordMode, mlflow_hosts
+    from toolkit.replay import ALLOW_HOSTS_VARIABLE, mlflow_hosts
 
-    mode = RecordMode.parse(config.getoption("--record-mode"))
+    mode = RecordMode.parse(_option_mode(config))
     if mode is not RecordMode.NONE or not config.getoption("chainkit_block_network"):
         return
     env_hosts = os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",")
@@ -111,10 +142,9 @@ def _close_the_network(config: pytest.Config) -> None:
 def _records(item: pytest.Item) -> bool:
     """Whether the test's marker records (only when --record-mode was not given)."""
     from toolkit.errors import UsageError
-    from toolkit.replay import RecordMode
 
     marker = item.get_closest_marker("cassette")
-    if marker is None or not marker.kwargs.get("record_mode") or item.config.getoption("--record-mode"):
+    if marker is None or not marker.kwargs.get("record_mode") or _option_mode(item.config):
         return False
     try:
         return RecordMode.parse(marker.kwargs["record_mode"]) is not RecordMode.NONE
@@ -136,7 +166,9 @@ def pytest_runtest_protocol(
 
 @pytest.fixture
 def chainkit_record_mode(request: pytest.FixtureRequest) -> str:
-    option = request.config.getoption("--record-mode")
+    """The record mode in force for this test: --record-mode, else the cassette marker's,
+    else $CHAINKIT_RECORD_MODE, else none."""
+    option = _option_mode(request.config)
     if option:
         return str(option)
     marker = request.node.get_closest_marker("cassette")
@@ -147,6 +179,7 @@ def chainkit_record_mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def chainkit_allow_hosts(request: pytest.FixtureRequest) -> list[str]:
+    """Hosts this test may reach live: --allow-host and the cassette marker's allow_hosts."""
     marker = request.node.get_closest_marker("cassette")
     marked = marker.kwargs.get("allow_hosts", ()) if marker is not None else ()
     marked = [marked] if isinstance(marked, str) else list(marked)
@@ -165,6 +198,8 @@ def cassette_name(nodeid: str) -> str:
 
 @pytest.fixture
 def cassette_path(request: pytest.FixtureRequest) -> Path:
+    """This test's cassette: the marker's path (relative to the test file), else
+    tests/cassettes/<module>/<test>.json beside the test file."""
     marker = request.node.get_closest_marker("cassette")
     explicit = (marker.args[0] if marker.args else marker.kwargs.get("path")) if marker else None
     test_file = Path(str(request.node.path))
@@ -174,12 +209,42 @@ def cassette_path(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
+def chainkit_config() -> dict[str, Any]:
+    """Per-module cassette settings (override it, as pytest-recording's ``vcr_config``):
+    ``{"ignore_json_paths": [...]}``."""
+    return {}
+
+
+@pytest.fixture
+def chainkit_ignore_json_paths(
+    request: pytest.FixtureRequest, chainkit_project: Project, chainkit_config: dict[str, Any]
+) -> list[str]:
+    """JSON body fields left out of matching: the project's, chainkit_config's, the marker's."""
+    marker = request.node.get_closest_marker("cassette")
+    marked = marker.kwargs.get("ignore_json_paths", ()) if marker is not None else ()
+    configured = chainkit_config.get("ignore_json_paths", ())
+    paths = [*chainkit_project.ignore_json_paths]
+    for more in (configured, marked):
+        paths += [more] if isinstance(more, str) else list(more)
+    return list(dict.fromkeys(paths))
+
+
+@pytest.fixture
 def cassette(
-    cassette_path: Path, chainkit_record_mode: str, chainkit_allow_hosts: list[str]
+    cassette_path: Path,
+    chainkit_record_mode: str,
+    chainkit_allow_hosts: list[str],
+    chainkit_ignore_json_paths: list[str],
 ) -> Iterator[CassetteSession]:
+    """The test's cassette, active for the whole test: the CassetteSession (replayed, new)."""
     from toolkit.replay import use_cassette
 
-    with use_cassette(cassette_path, chainkit_record_mode, allow_hosts=chainkit_allow_hosts) as session:
+    with use_cassette(
+        cassette_path,
+        chainkit_record_mode,
+        allow_hosts=chainkit_allow_hosts,
+        ignore_json_paths=chainkit_ignore_json_paths,
+    ) as session:
         yield session
 
 
@@ -192,6 +257,7 @@ def _chainkit_marker(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def chainkit_project(request: pytest.FixtureRequest) -> Project:
+    """The chainkit project the tests run in (default: pytest's rootdir); override to move it."""
     from toolkit.project import Project
 
     return Project.at(request.config.rootpath)
@@ -201,6 +267,8 @@ def chainkit_project(request: pytest.FixtureRequest) -> Project:
 def chain_runner(
     chainkit_project: Project, chainkit_record_mode: str, chainkit_allow_hosts: list[str]
 ) -> Iterator[Callable[[str], Any]]:
+    """``chain_runner("qa")``: chains/qa.py loaded with cassettes/qa.json active for the rest of
+    the test; returns the chain."""
     from toolkit.runner import chain_under_cassette
 
     with ExitStack() as stack:

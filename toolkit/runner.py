@@ -13,6 +13,7 @@ from typing import Any
 from toolkit.discovery import ChainSpec, Flavor, discover
 from toolkit.errors import UsageError
 from toolkit.loading import chain_code, load_chain, predict_python_model
+from toolkit.outputs import plain_output
 from toolkit.project import Project
 from toolkit.replay import CassetteSession, RecordMode, use_cassette
 
@@ -51,15 +52,11 @@ def chain_under_cassette(
     """Load chain ``name`` with its cassette active; the cassette stays active in the block."""
     spec = discover(project.chains_dir).get(name)
     path = cassette or project.cassette_for(name)
-    with use_cassette(path, record_mode, allow_hosts=allow_hosts) as session:
+    with use_cassette(
+        path, record_mode, allow_hosts=allow_hosts, ignore_json_paths=project.ignore_json_paths
+    ) as session:
         # Loading runs the file: anything it calls at import time is served by the cassette too.
         yield spec, load_chain(spec.path, spec.model_config), session
-
-
-def text_of(value: Any) -> Any:
-    """What a person wants to see of an output: a message's content, else the value."""
-    content = getattr(value, "content", None)
-    return content if content is not None else value
 
 
 def run_chain(
@@ -83,16 +80,16 @@ def run_chain(
         if spec.flavor is Flavor.PYFUNC:
             if stream:
                 raise UsageError(f"chain {name} is an mlflow.pyfunc model: run it without --stream")
-            output = predict_python_model(chain, chain_input)
+            output = plain_output(predict_python_model(chain, chain_input))
         elif stream:
             for chunk in chain.stream(chain_input):
-                chunk = text_of(chunk)
+                chunk = plain_output(chunk)
                 chunks.append(chunk)
                 if on_chunk is not None:
                     on_chunk(chunk if isinstance(chunk, str) else json.dumps(chunk, default=str) + "\n")
             output = "".join(chunks) if all(isinstance(c, str) for c in chunks) else chunks
         else:
-            output = text_of(chain.invoke(chain_input))
+            output = plain_output(chain.invoke(chain_input))
     return RunResult(
         chain=name,
         output=output,

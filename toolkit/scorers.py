@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.errors import UsageError
+from toolkit.errors import RequestRefusedError, UsageError
 
 MEASURES = ("latency", "token_usage")
 AGGREGATIONS = ("mean", "min", "max", "median", "variance", "p90", "sum")
@@ -169,11 +169,29 @@ def resolve(specs: Sequence[str], *, offline: bool) -> list[Any]:
     return chosen
 
 
-def score(scorers: Sequence[Any], inputs: Any, outputs: Any, expectations: dict[str, Any]) -> dict[str, Any]:
-    """Each applicable scorer's value (bool, number, string); Feedback objects unwrapped."""
+def score(
+    scorers: Sequence[Any],
+    inputs: Any,
+    outputs: Any,
+    expectations: dict[str, Any],
+    errors: dict[str, BaseException] | None = None,
+) -> dict[str, Any]:
+    """Each applicable scorer's value (bool, number, string); Feedback objects unwrapped.
+
+    With ``errors``, a scorer that raises is recorded there under its name and the others still
+    score the row; without it, the exception propagates. A refused request always propagates:
+    a scorer that needs the network stops the whole job."""
     values: dict[str, Any] = {}
     for candidate in scorers:
-        value = candidate.run(inputs=inputs, outputs=outputs, expectations=expectations)
+        try:
+            value = candidate.run(inputs=inputs, outputs=outputs, expectations=expectations)
+        except RequestRefusedError:
+            raise
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors[str(candidate.name)] = exc
+            continue
         if isinstance(value, list):  # several Feedbacks
             for feedback in value:
                 values[f"{candidate.name}/{feedback.name}"] = feedback.value
