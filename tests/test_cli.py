@@ -628,3 +628,16 @@ def test_log_debug_shows_the_traceback_of_a_failed_chain(project: Path) -> None:
     assert debug.exit_code == 1
     assert "Traceback (most recent call last)" in debug.stderr and "in helper" in debug.stderr
     assert '"traceback"' not in invoke(project, "log", "broken", *store, "--json").stdout
+
+
+def test_project_and_debug_are_accepted_after_the_command_too(project: Path, tmp_path: Path) -> None:
+    """`chainkit list --project X` (as users type it) works like `chainkit --project X list`."""
+    before = CliRunner().invoke(cli, ["--project", str(project), "list", "--json"])
+    after = CliRunner().invoke(cli, ["list", "--json", "--project", str(project)])
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert "qa" in {chain["name"] for chain in json.loads(after.stdout)["chains"]}
+    show = CliRunner().invoke(cli, ["cassette", "show", str(project / "cassettes" / "qa.json"), "--debug"])
+    assert show.exit_code == 0, show.output
+    missing = CliRunner().invoke(cli, ["run", "qa", "--input", "{}", "--project", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "nope" in missing.stderr

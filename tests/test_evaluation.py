@@ -860,3 +860,39 @@ def test_a_scorer_module_in_the_project_root_is_found(project: Project) -> None:
     result = eval_cli(project, "qa", "--scorer", "projscorers:short", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["runs"][0]["metrics"]["short/mean"] == 1.0
+
+
+def test_ctrl_c_ends_with_one_line_naming_the_run_and_resume_needs_no_id(project: Project) -> None:
+    """SIGINT mid-run: the run id was printed when the run started, the interruption is one
+    line with the command that finishes it (no tracebacks), and `--resume` alone picks it up."""
+    data = write_dataset(project.root / "d.jsonl", [f"question {n}" for n in range(120)])
+    runs = project.root / ".chainkit" / "runs"
+    with OpenAIServer(latency=0.2) as server:
+        process = _spawn_eval(project, data, server)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            journals = list(runs.glob("*.sqlite")) if runs.exists() else []
+            if journals and _finished_rows(journals[0]) >= 4:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130
+        run_id = journals[0].stem
+        lines = stderr.decode().strip().splitlines()
+        assert "Traceback" not in stderr.decode() and "Event loop is closed" not in stderr.decode()
+        assert lines[0] == f"live: run {run_id} started"
+        assert [line for line in lines[1:] if line] == [
+            f"interrupted: every finished row is saved; finish it with: chainkit eval live --resume {run_id}"
+        ]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+            resumed = eval_cli(
+                project, "live", "--data", str(data), "--record-mode", "new_episodes", "--resume", "--json"
+            )
+    assert resumed.exit_code == 0, resumed.output
+    assert f"live: run {run_id} resumed" in resumed.stderr
+    summary = json.loads(resumed.stdout)["runs"][0]
+    assert (summary["run_id"], summary["rows"], summary["errors"]) == (run_id, 120, 0)
+    again = eval_cli(project, "live", "--data", str(data), "--resume")
+    assert again.exit_code == 2 and "no unfinished run of chain live" in again.stderr

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLES, ROOT, copy_project
 from mlflow import MlflowClient
+from openai_server import OpenAIServer
 
 from toolkit import use_cassette
 from toolkit.cassette import Cassette, file_sha256
@@ -428,3 +429,23 @@ def test_a_chain_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
         "chain exits_late: its code called sys.exit(4); a chain must raise an exception, not exit "
         "the process: fix the chain's code"
     )
+
+
+def test_logging_that_records_tags_the_cassette_it_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`log --record-mode new_episodes` records the input example's call; the model is tagged
+    with the cassette as recorded, so the next unchanged `log` says "reused", not a new version."""
+    project = copy_project(tmp_path)
+    project.cassette_for("qa").unlink()
+    uri = store_of(project)
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        first = log_chains(project, ["qa"], register=True, record_mode="new_episodes", tracking_uri=uri)[0]
+        assert first.status == "logged", first.error
+        assert server.requests, "logging the input example should have called the server"
+    model = mlflow.get_logged_model(first.model_id)
+    assert model.tags["chainkit.cassette_sha256"] == file_sha256(project.cassette_for("qa"))
+    again = log_chains(project, ["qa"], register=True, tracking_uri=uri)[0]
+    assert (again.status, again.model_id, again.version) == ("reused", first.model_id, 1)

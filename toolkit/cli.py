@@ -111,7 +111,44 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int = 48
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _set_project(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).project_dir = value
+
+
+def _set_debug(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).debug = True
+
+
+class Group(click.Group):
+    """Takes the global options after the subcommand too, as users type them
+    (``chainkit list --project X``), not only before it."""
+
+    group_class = type  # subgroups (``cassette``) are of this class too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params += [
+                click.Option(
+                    ["--project"],
+                    default=None,
+                    expose_value=False,
+                    callback=_set_project,
+                    help="Project directory (also accepted before the command).",
+                ),
+                click.Option(
+                    ["--debug"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_set_debug,
+                    help="Show tracebacks.",
+                ),
+            ]
+        super().add_command(cmd, name)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--project", default=".", show_default=True, help="Project directory (holds chains/, cassettes/)."
 )
@@ -364,7 +401,15 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
 @click.option("--all", "every", is_flag=True, help="Every chain that has a dataset under datasets/.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Rows at a time (default 8).")
 @record_mode_option
-@click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Finish an interrupted run.")
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN_ID]",
+    help="Finish an interrupted run (no id: the latest unfinished run of this chain and dataset).",
+)
 @click.option(
     "--scorer",
     "scorers",
@@ -443,6 +488,13 @@ def eval_command(
             ) from exc
     summaries = []
     for name, path in jobs:
+        label = name or str(model_uri)
+        started: list[str] = []
+
+        def on_start(run_id: str, label: str = label, started: list[str] = started) -> None:
+            started.append(run_id)
+            click.echo(f"{label}: run {run_id} {'resumed' if resume else 'started'}", err=True)
+
         options = EvalOptions(
             data=path,
             concurrency=DEFAULT_CONCURRENCY if concurrency is None else concurrency,
@@ -455,17 +507,16 @@ def eval_command(
             allow_hosts=allow_hosts,
             trace=trace,
             progress=not as_json and sys.stderr.isatty(),
+            on_start=on_start,
         )
         try:
             summaries.append(
                 evaluate(project, options, chain=name or None, model_uri=model_uri, cassette=cassette)
             )
         except KeyboardInterrupt:
-            click.echo(
-                "\ninterrupted: every finished row is saved; finish with --resume RUN_ID "
-                "(the run id is in `mlflow ui` or the line above)",
-                err=True,
-            )
+            target = f"chainkit eval {name}" if name else f"chainkit eval --model-uri {model_uri}"
+            finish = f"{target} --resume {started[0]}" if started else "nothing was started"
+            click.echo(f"\ninterrupted: every finished row is saved; finish it with: {finish}", err=True)
             obj_exit(130)
     if as_json:
         emit_json({"runs": [summary.to_json() for summary in summaries]})

@@ -22,9 +22,9 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,14 @@ from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
 from toolkit.redaction import redact_span, scrub
 from toolkit.replay import RecordMode, use_cassette
-from toolkit.resume import check_resume, pin_dataset, resumed_run, run_settings
+from toolkit.resume import (
+    LATEST_RUN,
+    check_resume,
+    latest_unfinished_run,
+    pin_dataset,
+    resumed_run,
+    run_settings,
+)
 from toolkit.scorers import MEASURES, Aggregate, resolve, score
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits
@@ -79,6 +86,9 @@ class EvalOptions:
     allow_hosts: Sequence[str] = ()
     progress: bool = False
     trace: bool = False  # a trace per row (LangChain autologged inside), scores attached
+    #: Called with the run id as soon as the run exists (the CLI prints it: a Ctrl-C or a
+    #: kill later leaves the user the id that ``--resume`` needs).
+    on_start: Callable[[str], None] | None = None
 
 
 # ------------------------------------------------------------------------------ one row
@@ -271,6 +281,23 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
+def run_to_end(job: Coroutine[Any, Any, int]) -> int:
+    """Run ``job`` on the evaluation loop. On Ctrl-C, the rows in flight are cancelled and their
+    worker threads let finish while the loop is still open, so that nothing is left to fail
+    noisily at exit ("Event loop is closed", coroutines never awaited); then it propagates."""
+    loop = event_loop()
+    task = loop.create_task(job)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        pending = [other for other in asyncio.all_tasks(loop) if not other.done()]
+        for other in pending:
+            other.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_default_executor())
+        raise
+
+
 # ---------------------------------------------------------------------------- the job
 
 
@@ -372,6 +399,10 @@ def evaluate(
     started = time.perf_counter()
     with quiet_mlflow():
         experiment_id = use_tracking(project, options.tracking_uri)
+        if options.resume == LATEST_RUN:  # `--resume` with no id: the latest unfinished one
+            evaluated = f"chain {chain}" if chain is not None else str(model_uri)
+            latest = latest_unfinished_run(experiment_id, evaluated, dataset_sha, options.data)
+            options = replace(options, resume=latest)
         resumed = resumed_run(options.resume) if options.resume else None
         if chain is not None:
             spec = discover(project.chains_dir).get(chain)
@@ -395,6 +426,8 @@ def evaluate(
             raise UsageError("name a CHAIN or pass --model-uri")
         run = _start_run(mlflow, target, options, mode, dataset_sha, settings)
         run_id = run.info.run_id
+        if options.on_start is not None:
+            options.on_start(run_id)
         journal = Journal(project.root / ".chainkit" / "runs" / f"{run_id}.sqlite")
         status = "FAILED"
         try:
@@ -416,9 +449,7 @@ def evaluate(
                 invoke = target.load()
                 runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress, options.trace)
                 rows = read_rows(options.data)
-                skipped = event_loop().run_until_complete(
-                    run_rows(rows, runner, journal, options.resume is not None)
-                )
+                skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
             progress.finish()
             summary = _finish(mlflow, journal, target, run_id, aggregates, options, skipped, limit, started)
             status = "FINISHED"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__
-from toolkit.cassette import Cassette, file_sha256
+from toolkit.cassette import Cassette, file_sha256, recorder_versions
 from toolkit.discovery import ChainSpec, Flavor, Problem, discover
 from toolkit.errors import ChainkitError, UsageError, refusal_in
 from toolkit.loading import exit_error, load_chain, on_sys_path, predict_python_model
@@ -237,8 +237,11 @@ def log_chain(
 
     started = time.perf_counter()
     cassette_path = cassette or project.cassette_for(spec.name)
-    cassette = Cassette.load(cassette_path)
-    dependencies = chain_dependencies(spec.path, project.chains_dir, cassette.recorded_with)
+    recordings = Cassette.load(cassette_path)
+    # A recording made while logging is made with this environment's client versions.
+    records = RecordMode.parse(record_mode) is not RecordMode.NONE
+    recorded_with = recordings.recorded_with or (recorder_versions() if records else None)
+    dependencies = chain_dependencies(spec.path, project.chains_dir, recorded_with)
     for file in [
         spec.path,
         *_files_of(dependencies.code_paths),
@@ -281,6 +284,16 @@ def log_chain(
                 info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
         # After the session above closed: the cassette now holds what logging recorded.
         _log_replay_artifacts(info.model_id, cassette_path if carry_cassette else None)
+        recorded_sha = file_sha256(cassette_path) or "none"
+        now = chain_dependencies(spec.path, project.chains_dir, Cassette.load(cassette_path).recorded_with)
+        if recorded_sha != tags[f"{TAG_PREFIX}cassette_sha256"] and now == dependencies:
+            # Logging recorded (new_episodes, once, all): tag the model with the cassette it
+            # carries, so that the next unchanged `log` finds it and says "reused".
+            after = fingerprint(spec, now, cassette_path, carry_cassette)
+            mlflow.set_logged_model_tags(
+                info.model_id,
+                {f"{TAG_PREFIX}cassette_sha256": recorded_sha, f"{TAG_PREFIX}fingerprint": after},
+            )
         model_id, model_uri, status = info.model_id, info.model_uri, "logged"
     version = _register(spec.name, model_id, model_uri, alias) if register else None
     return LogResult(

@@ -34,6 +34,34 @@ def run_settings(
     }
 
 
+#: ``--resume`` with no run id: the latest unfinished run of the same chain and dataset.
+LATEST_RUN = "latest"
+
+
+def latest_unfinished_run(experiment_id: str, evaluated: str, dataset_sha: str, data: Path) -> str:
+    """The id of the newest run of ``evaluated`` over this dataset that did not finish (killed,
+    interrupted or failed), as promptfoo's ``--resume`` picks it."""
+    from mlflow import MlflowClient
+
+    def quoted(value: str) -> str:
+        return value.replace("\\", "\\\\").replace("'", "\\'")
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`chainkit.evaluated` = '{quoted(evaluated)}' "
+        f"and tags.`chainkit.dataset_sha256` = '{dataset_sha}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+    for run in runs:
+        if run.info.status != "FINISHED":
+            return str(run.info.run_id)
+    raise UsageError(
+        f"--resume: no unfinished run of {evaluated} over {data} (this content) to resume; "
+        "start a new run without --resume, or name a run id"
+    )
+
+
 def resumed_run(run_id: str) -> Any:
     from mlflow import MlflowClient
 
@@ -91,4 +119,11 @@ def pin_dataset(journal: Journal, data: Path, run_id: str | None, dataset_sha: s
         )
 
 
-__all__ = ["check_resume", "pin_dataset", "resumed_run", "run_settings"]
+__all__ = [
+    "LATEST_RUN",
+    "check_resume",
+    "latest_unfinished_run",
+    "pin_dataset",
+    "resumed_run",
+    "run_settings",
+]
