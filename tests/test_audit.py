@@ -487,3 +487,14 @@ def test_check_folds_in_what_a_killed_session_left(tmp_path: Path) -> None:
     report = check(path)
     assert report.ok and report.interactions == 2 and report.recovered == 1
     assert questions(path) == ["first", "second"] and log_paths(path) == []
+
+
+def test_check_names_an_answer_without_a_body(three: Path) -> None:
+    document = json.loads(three.read_text())
+    del document["interactions"][2]["response"]["json"]  # a hand edit (or a cut) left it empty
+    three.write_text(json.dumps(document))
+    report = check(three)
+    assert not report.ok and report.interactions == 3
+    (problem,) = report.problems
+    assert problem.startswith(f"{three}: interaction #2 (POST {API}/responses) recorded a 200 ")
+    assert "whose body is empty" in problem and "--record-mode" in problem

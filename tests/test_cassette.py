@@ -235,3 +235,47 @@ def test_recording_writes_through_a_symlinked_cassette(tmp_path: Path, record_vi
     with use_cassette(dangling, "once", record_via=record_via):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert dangling.is_symlink() and len(Cassette.load(shared / "new.json")) == 1
+
+
+def bodiless_cassette(path: Path, *responses: dict[str, object]) -> Path:
+    """A cassette file whose chat answers are ``responses``, as a hand edit leaves them."""
+    request = interaction("hi").request.to_json()
+    items = [{"request": request, "response": response} for response in responses]
+    path.write_text(json.dumps({"chainkit_cassette": FORMAT_VERSION, "interactions": items}))
+    return path
+
+
+def test_a_json_answer_without_a_body_is_named_when_replayed(tmp_path: Path) -> None:
+    import openai
+
+    from toolkit import use_cassette
+    from toolkit.errors import ReplayMissError
+
+    json_type = {"content-type": "application/json"}
+    path = bodiless_cassette(
+        tmp_path / "c.json",
+        {"status": 200, "headers": json_type},
+        {"status": 200, "headers": json_type, "json": None},
+        {"status": 204, "headers": json_type},  # "nothing", said properly
+        {"status": 200, "headers": {"content-type": "text/plain"}, "text": ""},
+        {"status": 200, "headers": json_type, "json": {"answer": "ok"}},
+    )
+    loaded = Cassette.load(path)
+    reasons = [i.response.unreplayable for i in loaded]
+    assert reasons[2:] == [None, None, None]
+    assert reasons[0] == (
+        f"{path}: interaction #0 (POST https://api.openai.com/v1/chat/completions) recorded a 200 "
+        "application/json response whose body is empty, which no client can use; delete that "
+        "interaction and record it again (--record-mode new_episodes), or re-record the "
+        "cassette (--record-mode all)"
+    )
+    assert reasons[1] is not None and reasons[1].startswith(f"{path}: interaction #1 (POST ")
+    assert "whose body is null" in reasons[1]
+    # Not part of the record: equal to the same response built in code.
+    assert loaded.interactions[0].response == RecordedResponse(200, json_type)
+    # The real client, replaying: chainkit's words naming the file and the interaction, not the
+    # client's "JSONDecodeError: Expecting value" (or a None it would hand back for a null).
+    client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-test", max_retries=0)
+    with use_cassette(path, "none"), pytest.raises(ReplayMissError) as raised:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert str(raised.value) == reasons[0]

@@ -641,3 +641,11 @@ def test_project_and_debug_are_accepted_after_the_command_too(project: Path, tmp
     assert show.exit_code == 0, show.output
     missing = CliRunner().invoke(cli, ["run", "qa", "--input", "{}", "--project", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "nope" in missing.stderr
+
+
+def test_log_register_prints_no_mlflow_registration_chatter(project: Path) -> None:
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    result = invoke(project, "log", "qa", "--register", "--tracking-uri", store)
+    assert result.exit_code == 0, result.output
+    assert "Successfully registered model" not in result.stderr and "Created version" not in result.stderr
+    assert re.search(r"^qa\s+logged\s+1\s", result.stdout, re.MULTILINE), result.stdout

@@ -119,3 +119,49 @@ def test_identical_requests_replay_in_their_scope_order_then_fall_back() -> None
     with replay_scope("unknown"):
         assert index.take(key) == 0  # no recording of its own: the shared order
     assert [index.take(key), index.take(key)] == [1, 2]
+
+
+def test_a_late_change_in_a_long_string_shows_around_the_first_difference() -> None:
+    preamble = "You are a careful assistant. Read the text below and answer in plain words. " * 2
+    recorded = preamble + "Summarize the following text in two short sentences."
+    sent = preamble + "Summarize the following text in two short sentences!"
+    line = describe_miss(req({"q": sent}), [req({"q": recorded})]).splitlines()[1]
+    assert line == (
+        '  q: recorded ...ng text in two short sentences.", sent ...ng text in two short sentences!"'
+    )
+    # Early differences and short values read as before: whole, or cut at the end.
+    early = json_differences({"q": "A" + recorded}, {"q": "B" + recorded})[0]
+    assert str(early).startswith('q: recorded "AYou are') and str(early).count('..."') == 0
+    assert str(early).endswith('...')
+
+
+def test_closest_counts_a_missing_subtree_by_its_size() -> None:
+    """A tool loop: the second turn sent differs from the recorded second turn in a few fields;
+    the recorded first turn lacks two whole messages. The second turn is the closest."""
+    system = {"role": "system", "content": "You answer with the weather tool."}
+    user = {"role": "user", "content": "Weather in Paris and Rome?"}
+
+    def call(n: int, city: str) -> dict[str, object]:
+        return {"id": f"call_{n}", "type": "function", "function": {"name": "weather", "arguments": city}}
+
+    def turn2(ids: tuple[int, int], answer: str) -> dict[str, object]:
+        calls = [call(ids[0], '{"city":"Paris"}'), call(ids[1], '{"city":"Rome"}')]
+        return {
+            "model": "gpt-4o-mini",
+            "messages": [
+                system,
+                user,
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": f"call_{ids[0]}", "content": answer},
+                {"role": "tool", "tool_call_id": f"call_{ids[1]}", "content": answer},
+            ],
+        }
+
+    turn1 = {"model": "gpt-4o-mini", "messages": [system, user]}
+    recorded = [req(turn1), req(turn2((1, 2), "sunny"))]
+    sent = req(turn2((7, 8), "rainy"))
+    position, differences = closest(sent, recorded) or (None, [])
+    assert len(json_differences(turn1, sent.body["json"])) == 3  # three whole messages missing
+    assert len(differences) == 6  # ids, tool_call_ids and answers
+    assert position == 1
+    assert describe_miss(sent, recorded).startswith(f"Closest recorded request: #1 POST {URL}")

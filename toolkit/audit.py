@@ -134,6 +134,7 @@ def check(path: Path) -> CheckReport:
         report.problems.append(f"{path}: no such cassette; record it with --record-mode once")
         return report
     report.interactions = len(cassette)
+    report.problems += [i.response.unreplayable for i in cassette if i.response.unreplayable is not None]
     report.error_answers = [(n, i.response.status) for n, i in enumerate(cassette) if i.response.status > 399]
     text = path.read_text(encoding="utf-8")
     try:

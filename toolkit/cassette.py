@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -37,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import CassetteError
+from toolkit.errors import CassetteError, ReplayMissError
 from toolkit.redaction import check_no_secrets, scrub_text
 
 FORMAT_VERSION = 1
@@ -150,6 +151,10 @@ class RecordedResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: Mapping[str, Any] = field(default_factory=dict)
     events: tuple[Event, ...] | None = None
+    #: Why no client could read this recording (found when its cassette was loaded), if so:
+    #: replaying it raises this, naming the file and the interaction, instead of handing the
+    #: client a body it fails on with its own vaguer error.
+    unreplayable: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def streamed(self) -> bool:
@@ -157,6 +162,8 @@ class RecordedResponse:
 
     def chunks(self) -> list[bytes]:
         """The bytes to send: one chunk per event for a stream, else the whole body."""
+        if self.unreplayable is not None:
+            raise ReplayMissError(self.unreplayable)
         if self.events is not None:
             return [event.encode() for event in self.events]
         return [decode_body(self.body)]
@@ -330,6 +337,9 @@ def interaction_from_json(path: Path, n: int, item: Any) -> Interaction:
         if "base64" in recorded_response.body or "base64" in recorded_request.body:
             decode_body(recorded_response.body)
             decode_body(recorded_request.body)
+        unreplayable = _unreplayable(where, recorded_request, recorded_response)
+        if unreplayable is not None:
+            recorded_response = dataclasses.replace(recorded_response, unreplayable=unreplayable)
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise CassetteError(
             f"{where} is malformed ({type(exc).__name__}: {exc}); fix it by hand or re-record "
@@ -337,6 +347,30 @@ def interaction_from_json(path: Path, n: int, item: Any) -> Interaction:
         ) from exc
     scope = item.get("scope")
     return Interaction(recorded_request, recorded_response, None if scope is None else str(scope))
+
+
+def _unreplayable(where: str, request: RecordedRequest, response: RecordedResponse) -> str | None:
+    """Why no client could use ``response``, if so: a successful JSON answer with nothing in it
+    (no body, an empty text, a JSON null) was cut or edited by hand; an API that means
+    "nothing" answers 204."""
+    body = response.body
+    if body and body.get("json", "") is not None and body.get("text") != "":
+        return None  # the usual case, decided first (loading 10,000 interactions runs this)
+    content_type = response.headers.get("content-type", "")
+    if (
+        response.events is not None
+        or not 200 <= response.status < 300
+        or response.status in (204, 205)
+        or request.method == "HEAD"
+        or "json" not in content_type
+    ):
+        return None
+    return (
+        f"{where} ({request.method} {request.url}) recorded a {response.status} {content_type} "
+        f"response whose body is {'null' if 'json' in body else 'empty'}, which no client can "
+        "use; delete that interaction and record it again (--record-mode new_episodes), or "
+        "re-record the cassette (--record-mode all)"
+    )
 
 
 def _body_of(part: Mapping[str, Any]) -> dict[str, Any]:

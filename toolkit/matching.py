@@ -132,14 +132,51 @@ class Difference:
     sent: Any
 
     def __str__(self) -> str:
-        return f"{self.path}: recorded {_show(self.recorded)}, sent {_show(self.sent)}"
+        recorded, sent = _show_pair(self.recorded, self.sent)
+        return f"{self.path}: recorded {recorded}, sent {sent}"
+
+    @property
+    def size(self) -> int:
+        """How many leaf fields differ: a missing or replaced subtree counts all its fields."""
+        return max(_leaves(self.recorded), _leaves(self.sent))
+
+
+_WIDTH = 80  # characters of a value shown on one line
+_BEFORE = 30  # characters shown before the first difference in a long value
 
 
 def _show(value: Any) -> str:
     if value is _MISSING:
         return "(absent)"
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
+
+
+def _show_pair(recorded: Any, sent: Any) -> tuple[str, str]:
+    """Both values, each on one line; long ones cut to the same window around their first
+    differing character, so that a change late in a long prompt stays visible."""
+    if recorded is _MISSING or sent is _MISSING:
+        return _show(recorded), _show(sent)
+    texts = json.dumps(recorded, ensure_ascii=False), json.dumps(sent, ensure_ascii=False)
+    if all(len(text) <= _WIDTH for text in texts):
+        return texts
+    first = next((i for i, (a, b) in enumerate(zip(*texts, strict=False)) if a != b), min(map(len, texts)))
+    start = max(0, first - _BEFORE)
+    return _window(texts[0], start), _window(texts[1], start)
+
+
+def _window(text: str, start: int) -> str:
+    end = start + _WIDTH - 6  # room for the two ellipses
+    return ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+
+
+def _leaves(value: Any) -> int:
+    if value is _MISSING:
+        return 0
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if not children:  # a scalar, or an empty container: one field
+        return 1
+    return sum(_leaves(child) for child in children)
 
 
 def json_differences(recorded: Any, sent: Any, path: str = "") -> list[Difference]:
@@ -180,13 +217,18 @@ def request_differences(recorded: RecordedRequest, sent: RecordedRequest) -> lis
 def closest(
     sent: RecordedRequest, recorded: Sequence[RecordedRequest]
 ) -> tuple[int, list[Difference]] | None:
-    """The recorded request nearest to ``sent`` (fewest differing fields), same endpoint first."""
+    """The recorded request nearest to ``sent`` (fewest differing leaf fields), same endpoint
+    first. A missing or extra subtree counts by its size: in a tool loop, the turn with two
+    whole messages fewer is further away than the same turn with a few fields changed."""
     target = endpoint(sent.method, sent.url)
-    best: tuple[int, int, list[Difference]] | None = None
+    best: tuple[tuple[bool, int], int, list[Difference]] | None = None
     for position, candidate in enumerate(recorded):
         differences = request_differences(candidate, sent)
         # A different endpoint is worse than any number of differing body fields.
-        score = len(differences) + (10_000 if endpoint(candidate.method, candidate.url) != target else 0)
+        score = (
+            endpoint(candidate.method, candidate.url) != target,
+            sum(difference.size for difference in differences),
+        )
         if best is None or score < best[0]:
             best = (score, position, differences)
     return None if best is None else (best[1], best[2])

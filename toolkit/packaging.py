@@ -213,7 +213,18 @@ def _register(name: str, model_id: str, model_uri: str, alias: str | None) -> in
         for mv in client.search_model_versions(f"name = '{name}'")
         if model_id in (getattr(mv, "model_id", None), str(mv.source).removeprefix("models:/"))
     ]
-    version = int(existing[0].version if existing else mlflow.register_model(model_uri, name).version)
+    if existing:
+        version = int(existing[0].version)
+    else:
+        from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+        # MLflow prints "Successfully registered model" / "Created version" here; the command's
+        # own table says the version, so the lines are noise.
+        MLFLOW_LOGGING_STREAM.enabled = False
+        try:
+            version = int(mlflow.register_model(model_uri, name).version)
+        finally:
+            MLFLOW_LOGGING_STREAM.enabled = True
     if alias:
         client.set_registered_model_alias(name, alias, str(version))
     return version
