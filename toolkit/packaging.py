@@ -230,6 +230,31 @@ def _register(name: str, model_id: str, model_uri: str, alias: str | None) -> in
     return version
 
 
+def _retag_after_recording(
+    spec: ChainSpec,
+    project: Project,
+    model_id: str,
+    logged_with: Dependencies,
+    cassette_path: Path,
+    carry_cassette: bool,
+) -> None:
+    """Logging recorded (new_episodes, once, all): tag the model with the cassette it carries,
+    so that the next unchanged `log` finds it and says "reused". Only if the requirements the
+    recording implies are those the model was logged with; else the next log is rightly new."""
+    import mlflow
+
+    now = chain_dependencies(spec.path, project.chains_dir, Cassette.load(cassette_path).recorded_with)
+    if now != logged_with:
+        return
+    mlflow.set_logged_model_tags(
+        model_id,
+        {
+            f"{TAG_PREFIX}cassette_sha256": file_sha256(cassette_path) or "none",
+            f"{TAG_PREFIX}fingerprint": fingerprint(spec, now, cassette_path, carry_cassette),
+        },
+    )
+
+
 def log_chain(
     project: Project,
     spec: ChainSpec,
@@ -296,15 +321,8 @@ def log_chain(
         # After the session above closed: the cassette now holds what logging recorded.
         _log_replay_artifacts(info.model_id, cassette_path if carry_cassette else None)
         recorded_sha = file_sha256(cassette_path) or "none"
-        now = chain_dependencies(spec.path, project.chains_dir, Cassette.load(cassette_path).recorded_with)
-        if recorded_sha != tags[f"{TAG_PREFIX}cassette_sha256"] and now == dependencies:
-            # Logging recorded (new_episodes, once, all): tag the model with the cassette it
-            # carries, so that the next unchanged `log` finds it and says "reused".
-            after = fingerprint(spec, now, cassette_path, carry_cassette)
-            mlflow.set_logged_model_tags(
-                info.model_id,
-                {f"{TAG_PREFIX}cassette_sha256": recorded_sha, f"{TAG_PREFIX}fingerprint": after},
-            )
+        if recorded_sha != tags[f"{TAG_PREFIX}cassette_sha256"]:
+            _retag_after_recording(spec, project, info.model_id, dependencies, cassette_path, carry_cassette)
         model_id, model_uri, status = info.model_id, info.model_uri, "logged"
     version = _register(spec.name, model_id, model_uri, alias) if register else None
     return LogResult(

@@ -251,9 +251,10 @@ def check_no_secrets(text: str, path: Path, environ: Mapping[str, str] | None = 
 
 
 #: Shapes of credentials worth flagging even when their value is not in the environment.
-_SECRET_SHAPES = re.compile(r"(sk-(?:proj-)?[A-Za-z0-9_-]{20,}|Bearer\s+[A-Za-z0-9._-]{20,})")
+#: The shapes of API keys and bearer tokens, found even where no variable names them.
+SECRET_SHAPES = re.compile(r"(sk-(?:proj-)?[A-Za-z0-9_-]{20,}|Bearer\s+[A-Za-z0-9._-]{20,})")
 
 
 def secret_shapes(text: str) -> list[str]:
     """Strings in ``text`` shaped like API keys or bearer tokens, masked for display."""
-    return sorted({match[:7] + "..." for match in _SECRET_SHAPES.findall(text)})
+    return sorted({match[:7] + "..." for match in SECRET_SHAPES.findall(text)})

@@ -53,8 +53,8 @@ from toolkit.cassette import (
 from toolkit.errors import CassetteError, UsageError
 from toolkit.recording_log import folder_lock
 from toolkit.redaction import (
-    _SECRET_SHAPES,  # the key and bearer-token shapes that `secret_shapes` reports
     SECRET_HEADERS,
+    SECRET_SHAPES,  # the key and bearer-token shapes that `secret_shapes` reports
     kept_response_headers,
     marker,
     redact_url,
@@ -159,8 +159,10 @@ class ImportReport:
             parts.append(f"{present} already present")
         if self.redactions:
             parts.append(f"{len(self.redactions)} secrets redacted")
-        where = f"merged into {self.target} ({self.previously} there before)" if self.previously else (
-            f"written to {self.target}"
+        where = (
+            f"merged into {self.target} ({self.previously} there before)"
+            if self.previously
+            else (f"written to {self.target}")
         )
         if not self.written:
             where = f"nothing new for {self.target}" if self.previously else f"not written ({self.target})"
@@ -203,8 +205,7 @@ def read_vcr(path: Path) -> list[Mapping[str, Any]]:
         ) from exc
     if not isinstance(document, dict) or not isinstance(document.get("interactions"), list):
         raise CassetteError(
-            f"{path}: not a vcrpy cassette (no 'interactions' list); pass vcrpy or pytest-recording "
-            "cassettes"
+            f"{path}: not a vcrpy cassette (no 'interactions' list); pass vcrpy or pytest-recording cassettes"
         )
     version = document.get("version", VCR_FORMAT_VERSION)
     if str(version) != str(VCR_FORMAT_VERSION):
@@ -381,7 +382,7 @@ class _Converter:
         if self.secrets:
             text, names = scrub_text(text, self.secrets)
             notes.extend(f"redacted the value of {name} in the {where}" for name in names)
-        text, count = _SECRET_SHAPES.subn(KEY_MARKER, text)
+        text, count = SECRET_SHAPES.subn(KEY_MARKER, text)
         if count:
             notes.append(f"redacted {count} key-shaped string{'s' if count > 1 else ''} in the {where}")
         return text
