@@ -25,11 +25,13 @@ given straight to ``_socket.socket.connect`` (the connection itself is refused).
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from toolkit.errors import NetworkBlockedError
 
@@ -47,6 +49,27 @@ _HOST_EVENTS = frozenset(
     {"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo"}
 )
 _EVENTS = _ADDRESS_EVENTS | _HOST_EVENTS
+
+def _mlflow_uris() -> list[str]:
+    uris = [os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_REGISTRY_URI", "")]
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        uris += [mlflow.get_tracking_uri(), mlflow.get_registry_uri()]
+    return [uri for uri in uris if uri.startswith(("http://", "https://"))]
+
+
+def mlflow_hosts() -> set[str]:
+    """Hosts of the MLflow tracking and registry servers in use: they stay reachable."""
+    return {urlsplit(uri).hostname or "" for uri in _mlflow_uris()} - {""}
+
+
+def is_mlflow_server(url: str) -> bool:
+    """Is ``url`` on the MLflow tracking or registry server in use (same host and port)? Its
+    traffic is MLflow's own: never recorded, never answered from a cassette."""
+    netloc = urlsplit(url).netloc.lower()
+    return any(urlsplit(uri).netloc.lower() == netloc for uri in _mlflow_uris())
+
 
 _lock = threading.Lock()
 _guards: list[NetworkGuard] = []

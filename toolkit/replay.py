@@ -16,15 +16,13 @@ import functools
 import gc
 import inspect
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from toolkit import httpx_bridge
-from toolkit.network import NetworkGuard
+from toolkit import aiohttp_bridge, httpx_bridge, requests_bridge
+from toolkit.network import NetworkGuard, mlflow_hosts
 from toolkit.record_mode import (
     ALLOW_HOSTS_VARIABLE,
     RECORD_ERRORS_VARIABLE,
@@ -37,7 +35,7 @@ from toolkit.session import CLIENT_RETRIED_STATUSES, CassetteSession, _sessions,
 #: Set as OPENAI_API_KEY while replaying without a key: clients refuse to start without one.
 PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
 #: The doors whose client methods are patched while a cassette is active.
-DOORS = (httpx_bridge,)
+DOORS = (httpx_bridge, requests_bridge, aiohttp_bridge)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,16 +69,6 @@ def _pop(session: CassetteSession) -> None:
 
 
 # ---------------------------------------------------------------------------- use_cassette
-
-
-def mlflow_hosts() -> set[str]:
-    """Hosts of the MLflow tracking and registry servers in use: they stay reachable."""
-    uris = [os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_REGISTRY_URI", "")]
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        uris += [mlflow.get_tracking_uri(), mlflow.get_registry_uri()]
-    return {urlsplit(uri).hostname or "" for uri in uris if uri.startswith(("http://", "https://"))} - {""}
 
 
 class use_cassette:  # noqa: N801 - a context manager named like a function, as in vcrpy
