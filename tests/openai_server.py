@@ -153,8 +153,9 @@ class OpenAIServer:
 
     Serves POST /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/completions (streamed
     too); anything else is a 404. `responder(endpoint, body)` gives the answer text; `latency` is
-    slept before each answer; `faults` are served first, one per request; with `recorded_dir`,
-    matching real recordings are served byte for byte. `requests` lists what was received.
+    slept before each answer, `event_gap` between the events of a stream; `faults` are served
+    first, one per request; with `recorded_dir`, matching real recordings are served byte for
+    byte. `requests` lists what was received.
     """
 
     def __init__(
@@ -162,11 +163,13 @@ class OpenAIServer:
         *,
         responder: Responder | None = None,
         latency: float = 0.0,
+        event_gap: float = 0.0,
         faults: Iterable[Fault] = (),
         recorded_dir: Path | None = None,
     ) -> None:
         self.responder: Responder = responder or default_responder
         self.latency = latency
+        self.event_gap = event_gap
         self.requests: list[ReceivedRequest] = []
         self._faults: deque[Fault] = deque(faults)
         self._recorded: list[Body] = []
@@ -502,6 +505,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             for event in answer.events:  # one HTTP chunk per SSE event, flushed: clients see a real stream
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
+                if server.event_gap > 0:
+                    server._stopping.wait(server.event_gap)
             self.wfile.write(b"0\r\n\r\n")
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_request  # noqa: N815 (http.server names)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from toolkit.errors import UsageError
-from toolkit.scorers import AGGREGATIONS, Aggregate, builtin_scorers, load_scorer, resolve, score
+from toolkit.scorers import AGGREGATIONS, Aggregate, ScorerCalls, builtin_scorers, load_scorer, resolve, score
 
 _module_names = itertools.count()
 
@@ -206,13 +206,6 @@ def test_unknown_judge_message_lists_mlflow_judges() -> None:
     assert "Safety" in str(caught.value)
 
 
-def test_judge_in_offline_mode_is_refused_for_record_mode_none() -> None:
-    with pytest.raises(UsageError, match="record mode 'none'") as caught:
-        resolve(["Correctness"], offline=True)
-
-    assert "correctness" in str(caught.value).lower()
-
-
 def test_judge_needing_arguments_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="Guidelines needs arguments") as caught:
         load_scorer("Guidelines")
@@ -223,16 +216,16 @@ def test_judge_needing_arguments_is_a_usage_error() -> None:
 def test_judge_live_is_accepted() -> None:
     from mlflow.genai.scorers import Correctness
 
-    chosen = resolve(["Correctness"], offline=False)
+    chosen = resolve(["Correctness"])
 
     assert len(chosen) == 6
     assert isinstance(chosen[-1], Correctness)
 
 
-def test_custom_scorer_is_accepted_offline(scorer_module: Any) -> None:
+def test_custom_scorer_is_resolved_after_the_builtins(scorer_module: Any) -> None:
     module = scorer_module("def fine(outputs):\n    return True\n")
 
-    chosen = resolve([f"{module}:fine"], offline=True)
+    chosen = resolve([f"{module}:fine"])
 
     assert [s.name for s in chosen][-1] == "fine"
     assert len(chosen) == 6
@@ -343,3 +336,56 @@ def test_a_raising_scorer_loses_only_its_own_score(scorer_module: Any, builtins:
     assert list(errors) == ["boom"] and str(errors["boom"]) == "bad scorer"
     with pytest.raises(ValueError, match="bad scorer"):  # without `errors`, it propagates
         score([boom], {}, "Paris", {})
+
+
+def test_a_refusal_a_judge_wrapped_stops_the_job_unwrapped(scorer_module: Any) -> None:
+    """MLflow wraps a judge's failed call in "Failed to invoke the judge model": a replay miss
+    inside must reach the user as the miss, not become one row's scorer error."""
+    module = scorer_module(
+        "from toolkit.errors import ReplayMissError\n"
+        "def judge(outputs):\n"
+        "    try:\n"
+        "        raise ReplayMissError('no recorded response for POST /v1/chat/completions')\n"
+        "    except ReplayMissError as miss:\n"
+        "        raise RuntimeError('Failed to invoke the judge model') from miss\n"
+    )
+    from toolkit.errors import ReplayMissError
+
+    errors: dict[str, BaseException] = {}
+    with pytest.raises(ReplayMissError, match="no recorded response"):
+        score([load_scorer(f"{module}:judge")], {}, "out", {}, errors=errors)
+    assert errors == {}
+
+
+def test_a_feedback_that_carries_an_error_is_that_scorer_s_error() -> None:
+    from mlflow.entities import Feedback
+    from mlflow.genai.scorers import scorer
+
+    @scorer
+    def failing(outputs: Any) -> Feedback:
+        return Feedback(name="failing", error=ValueError("the judge answered no JSON"))
+
+    errors: dict[str, BaseException] = {}
+    values = score([failing, *builtin_scorers()], {}, "out", {"expected_response": "out"}, errors=errors)
+    assert values == {"exact_match": True}
+    assert "the judge answered no JSON" in str(errors["failing"])
+
+
+def test_the_requests_a_scorer_makes_are_collected_under_its_name(tmp_path: Any, record_via: str) -> None:
+    import httpx
+    from mlflow.genai.scorers import scorer
+
+    from toolkit import use_cassette
+
+    @scorer
+    def asks(outputs: Any) -> bool:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": str(outputs)}]}
+        return httpx.post("https://api.openai.com/v1/chat/completions", json=body).status_code == 200
+
+    calls: dict[str, ScorerCalls] = {}
+    with use_cassette(tmp_path / "c.json", "once", record_via=record_via):
+        assert score([asks, *builtin_scorers()], {}, "out", {}, calls=calls) == {"asks": True}
+    assert list(calls) == ["asks"]  # the built-ins made no call
+    [exchange] = calls["asks"].exchanges
+    assert exchange.model == "gpt-4o-mini" and exchange.prompt_tokens > 0 and not exchange.replayed
+    assert calls["asks"].judge is None  # a plain scorer, not an LLM judge's feedback

@@ -91,14 +91,13 @@ def _tee(session: CassetteSession, request: Any, live: Any, sent: RecordedReques
     parts: list[bytes] = []
 
     async def pump() -> None:
-        # Reads to the end even if the client stops early: the recording is the whole stream.
         try:
             async for chunk in live.content.iter_any():
                 parts.append(chunk)
                 response.content.feed_data(chunk)
-        except BaseException as exc:
+        except Exception as exc:  # the client sees the failure; a broken stream is not recorded
             response.content.set_exception(exc)
-            raise
+            return
         finally:
             live.release()
         response.content.feed_eof()
@@ -109,6 +108,13 @@ def _tee(session: CassetteSession, request: Any, live: Any, sent: RecordedReques
     task = asyncio.get_running_loop().create_task(pump())
     _pumps.add(task)
     task.add_done_callback(_pumps.discard)
+
+    async def drained() -> None:
+        # Leaving ``async with response`` waits for the rest of the stream: the recording is
+        # the whole stream also when the client stopped reading early.
+        await asyncio.wait([task])
+
+    response.wait_for_close = drained
     return response
 
 

@@ -23,6 +23,8 @@ from toolkit.scorers import MEASURES, Aggregate
 TABLE_ROW_LIMIT = 10_000
 #: Row failures spelled out in a summary; the rest are counted.
 FAILURES_SHOWN = 5
+#: What is totalled per LLM judge (metrics ``judge/<scorer>/<total>``).
+JUDGE_TOTALS = ("tokens", "cost_usd", "calls", "live_calls")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Totals:
     cost: float = 0.0
     failures: list[RowFailure] = field(default_factory=list)
     failures_not_shown: int = 0
+    #: Per LLM-judge scorer: its own tokens, cost and calls, apart from the chain's.
+    judges: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, result: Mapping[str, Any]) -> None:
         self.rows += 1
@@ -108,6 +112,12 @@ class Totals:
             self.aggregates[name].add(result[name])
         for name, value in result["scores"].items():
             self.aggregates.setdefault(name, Aggregate(self.aggregations)).add(value)
+        for name, calls in (result.get("judges") or {}).items():
+            judge = self.judges.setdefault(name, dict.fromkeys(JUDGE_TOTALS, 0.0))
+            judge["tokens"] += calls["prompt_tokens"] + calls["completion_tokens"]
+            judge["cost_usd"] += calls["cost_usd"]
+            judge["calls"] += calls["calls"]
+            judge["live_calls"] += calls["live_calls"]
         for failure in failures_of(result):
             if len(self.failures) < FAILURES_SHOWN:
                 self.failures.append(failure)
@@ -129,6 +139,8 @@ class Totals:
                 "cost_usd": round(self.cost, 6),
             }
         )
+        for name, judge in self.judges.items():
+            metrics.update({f"judge/{name}/{total}": round(judge[total], 6) for total in JUDGE_TOTALS})
         return metrics
 
 
@@ -155,7 +167,7 @@ def finish_run(
                 totals.add(result)
                 out.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
                 if result.get("trace_id"):
-                    _attach_assessments(result["trace_id"], result["scores"])
+                    _attach_assessments(result["trace_id"], result["scores"], result.get("judges") or {})
                 if table is not None:
                     _table_row(table, result)
         mlflow.log_artifact(str(every_row))
@@ -168,14 +180,17 @@ def finish_run(
     return metrics, cassette_sha
 
 
-def _attach_assessments(trace_id: str, scores: Mapping[str, Any]) -> None:
-    """Each score on the row's trace, as MLflow's evaluation attaches its feedback."""
+def _attach_assessments(trace_id: str, scores: Mapping[str, Any], judges: Mapping[str, Any]) -> None:
+    """Each score on the row's trace, as MLflow's evaluation attaches its feedback: a judge's
+    with the judge's model as its source."""
     import mlflow
     from mlflow.entities import AssessmentSource
 
-    source = AssessmentSource(source_type="CODE", source_id="chainkit")
+    code = AssessmentSource(source_type="CODE", source_id="chainkit")
     clean, _ = scrub(dict(scores))
     for name, value in clean.items():
+        model = (judges.get(name) or {}).get("model")
+        source = AssessmentSource(source_type="LLM_JUDGE", source_id=model) if model else code
         mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)
 
 

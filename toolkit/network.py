@@ -50,6 +50,7 @@ _HOST_EVENTS = frozenset(
 )
 _EVENTS = _ADDRESS_EVENTS | _HOST_EVENTS
 
+
 def _mlflow_uris() -> list[str]:
     uris = [os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_REGISTRY_URI", "")]
     if "mlflow" in sys.modules:

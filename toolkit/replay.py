@@ -34,6 +34,8 @@ from toolkit.session import CLIENT_RETRIED_STATUSES, CassetteSession, _sessions,
 
 #: Set as OPENAI_API_KEY while replaying without a key: clients refuse to start without one.
 PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
+#: MLflow's model catalog location (judges read context sizes and prices from it).
+CATALOG_VARIABLE = "MLFLOW_MODEL_CATALOG_URI"
 #: The doors whose client methods are patched while a cassette is active.
 DOORS = (httpx_bridge, requests_bridge, aiohttp_bridge)
 
@@ -117,7 +119,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         self.record_errors = record_errors
         self.client_retries = client_retries
         self.network_allows = list(network_allows)
-        self._entered: list[tuple[CassetteSession, NetworkGuard | None, str | None]] = []
+        self._entered: list[tuple[CassetteSession, NetworkGuard | None, dict[str, str]]] = []
 
     def __enter__(self) -> CassetteSession:
         session = CassetteSession(
@@ -133,18 +135,24 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         if session.mode is RecordMode.NONE:
             guard = NetworkGuard([*session.allow_hosts, *mlflow_hosts(), *self.network_allows])
             guard.__enter__()
-        previous_key = os.environ.get("OPENAI_API_KEY")
-        if previous_key is None and (session.mode is RecordMode.NONE or session.record_via):
-            os.environ["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+        placed = {}  # variables set while the cassette is in use, removed on exit
+        if "OPENAI_API_KEY" not in os.environ and (session.mode is RecordMode.NONE or session.record_via):
+            placed["OPENAI_API_KEY"] = PLACEHOLDER_API_KEY
+        if CATALOG_VARIABLE not in os.environ:
+            # MLflow's judges fetch a model catalog from GitHub at their first call (7 s of
+            # retries offline); the copy bundled with MLflow answers the same, deterministically.
+            placed[CATALOG_VARIABLE] = ""
+        os.environ.update(placed)
         _push(session)
-        self._entered.append((session, guard, previous_key))
+        self._entered.append((session, guard, placed))
         return session
 
     def __exit__(self, *exc_info: object) -> None:
-        session, guard, previous_key = self._entered.pop()
+        session, guard, placed = self._entered.pop()
         _pop(session)
-        if previous_key is None and os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_API_KEY:
-            del os.environ["OPENAI_API_KEY"]
+        for name, value in placed.items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
         if guard is not None:
             guard.__exit__(*exc_info)
         session.close()

@@ -5,7 +5,8 @@ and many SDKs send with requests, which the httpx door does not see. While a cas
 ``requests.adapters.HTTPAdapter.send`` (where every ``Session`` request ends, whatever its
 mounts) is patched: the request is converted to an ``httpx.Request`` and resolved by the same
 session as httpx's, with the same matching, recording, redaction and miss message. The MLflow
-tracking server's own traffic passes untouched and unrecorded.
+tracking server's own traffic passes untouched and unrecorded, as does MLflow's usage telemetry
+(in mode none the network guard then refuses its sockets, which MLflow shrugs off).
 
 A live event stream is passed through as it arrives (``stream=True``, ``iter_lines``) and
 recorded once it has ended, as for httpx.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -33,7 +35,7 @@ def handle(
 ) -> Any:
     """Answer a ``requests.PreparedRequest``; ``send`` is the real ``HTTPAdapter.send``."""
     url = request.url.decode() if isinstance(request.url, bytes) else request.url
-    if session.passes(urlsplit(url).hostname or "") or is_mlflow_server(url):
+    if session.passes(urlsplit(url).hostname or "") or is_mlflow_server(url) or _mlflow_telemetry():
         return send(adapter, request, **kwargs)
     found = session.lookup(httpx.Request(request.method, url, content=_body(request)))
     if isinstance(found, httpx.Response):
@@ -45,6 +47,15 @@ def handle(
     live.close()
     session.commit(Interaction(found, recorded))
     return _response(adapter, request, recorded.status, recorded.headers, recorded.chunks(), session)
+
+
+def _mlflow_telemetry() -> bool:
+    """Is the request MLflow's usage telemetry (its own business, not the chain's)? Known by the
+    code that called requests: the first frame outside requests and this door."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("requests.", __name__)):
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("mlflow.telemetry.")
 
 
 def live_response(status: int, headers: Any, content: bytes, *, streamed: bool = False) -> RecordedResponse:
@@ -102,12 +113,13 @@ def _tee(session: CassetteSession, adapter: Any, request: Any, live: Any, sent: 
         session.commit(Interaction(sent, recorded))
 
     def chunks() -> Iterator[bytes]:
+        source = live.iter_content(chunk_size=None)
         try:
-            for chunk in live.iter_content(chunk_size=None):
+            for chunk in source:
                 parts.append(chunk)
                 yield chunk
         except GeneratorExit:  # the client closed early: what it did not read is still recorded
-            parts.append(live.raw.read(decode_content=True))
+            parts.extend(source)
             finish()
             raise
         finish()

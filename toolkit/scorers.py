@@ -17,8 +17,11 @@ None otherwise (so it does not count in the mean):
 row and aggregated the same way.
 
 Custom scorers: ``--scorer module:function`` (a function decorated with ``@scorer``, or a plain
-function taking some of inputs/outputs/expectations). MLflow's built-in judges by class name
-(``--scorer Correctness``) call an LLM: allowed when recording live, an error in mode none.
+function taking some of inputs/outputs/expectations, or a judge built with ``make_judge``).
+MLflow's built-in judges by class name (``--scorer Correctness``) call an LLM: their calls are
+recorded and replayed like the chain's (MLflow sends them with requests or aiohttp), kept apart
+in the accounting (:class:`ScorerCalls`), and a judge call the cassette does not hold is the
+usual replay miss in mode none.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.errors import RequestRefusedError, UsageError
+from toolkit.errors import UsageError, refusal_in
+from toolkit.exchanges import Exchange, collect_exchanges
 
 MEASURES = ("latency", "token_usage")
 AGGREGATIONS = ("mean", "min", "max", "median", "variance", "p90", "sum")
@@ -156,17 +160,17 @@ def calls_an_llm(candidate: Any) -> bool:
     return hasattr(candidate, "model")
 
 
-def resolve(specs: Sequence[str], *, offline: bool) -> list[Any]:
-    """Built-ins plus ``specs``; in mode none, a scorer that calls an LLM is refused up front."""
-    chosen = builtin_scorers() + [load_scorer(spec) for spec in specs]
-    if offline:
-        judges = [str(getattr(s, "name", s)) for s in chosen if calls_an_llm(s)]
-        if judges:
-            raise UsageError(
-                f"scorer {', '.join(judges)} calls an LLM judge, and record mode 'none' lets no "
-                "request out: evaluate live (--record-mode new_episodes) or drop the scorer"
-            )
-    return chosen
+def resolve(specs: Sequence[str]) -> list[Any]:
+    """The built-ins plus ``specs``."""
+    return builtin_scorers() + [load_scorer(spec) for spec in specs]
+
+
+@dataclass
+class ScorerCalls:
+    """The requests a scorer made on one row (an LLM judge's), and the model that judged."""
+
+    exchanges: list[Exchange]
+    judge: str | None = None  # the judge's model URI, from its feedback's source
 
 
 def score(
@@ -175,31 +179,49 @@ def score(
     outputs: Any,
     expectations: dict[str, Any],
     errors: dict[str, BaseException] | None = None,
+    calls: dict[str, ScorerCalls] | None = None,
 ) -> dict[str, Any]:
     """Each applicable scorer's value (bool, number, string); Feedback objects unwrapped.
 
-    With ``errors``, a scorer that raises is recorded there under its name and the others still
-    score the row; without it, the exception propagates. A refused request always propagates:
-    a scorer that needs the network stops the whole job."""
+    With ``errors``, a scorer that raises (or whose feedback carries an error) is recorded there
+    under its name and the others still score the row; without it, the exception propagates.
+    A refused request (a judge call the cassette does not hold) always propagates, unwrapped
+    from MLflow's error: it stops the whole job with the miss message. With ``calls``, the
+    requests each scorer made are collected there under its name."""
     values: dict[str, Any] = {}
     for candidate in scorers:
-        try:
-            value = candidate.run(inputs=inputs, outputs=outputs, expectations=expectations)
-        except RequestRefusedError:
-            raise
-        except Exception as exc:
-            if errors is None:
-                raise
-            errors[str(candidate.name)] = exc
-            continue
+        name = str(candidate.name)
+        value: Any = None
+        with collect_exchanges() as made:
+            try:
+                value = candidate.run(inputs=inputs, outputs=outputs, expectations=expectations)
+                failed = getattr(value, "error", None)
+                if failed is not None:
+                    raise RuntimeError(getattr(failed, "error_message", None) or str(failed))
+            except Exception as exc:
+                refusal = refusal_in(exc)
+                if refusal is not None:
+                    raise refusal from None
+                if errors is None:
+                    raise
+                errors[name], value = exc, None
+        if calls is not None and made:
+            calls[name] = ScorerCalls(made, _judge_of(value))
         if isinstance(value, list):  # several Feedbacks
             for feedback in value:
-                values[f"{candidate.name}/{feedback.name}"] = feedback.value
+                values[f"{name}/{feedback.name}"] = feedback.value
             continue
         value = getattr(value, "value", value)
         if value is not None:
-            values[candidate.name] = value
+            values[name] = value
     return values
+
+
+def _judge_of(feedback: Any) -> str | None:
+    source = getattr(feedback, "source", None)
+    if source is not None and str(getattr(source, "source_type", "")) == "LLM_JUDGE":
+        return str(source.source_id)
+    return None
 
 
 def _p90(ordered: list[float]) -> float:
