@@ -145,3 +145,23 @@ def test_no_judge_no_judge_cassette(project: Project, monkeypatch: pytest.Monkey
     assert project.cassette_for("live").exists()
     assert not judges_cassette(project.cassette_for("live")).exists()
     assert sorted(os.listdir(project.cassettes_dir)) == [".gitignore", "live.json"]
+
+
+def test_a_judged_score_on_a_trace_names_the_judge_model_as_its_source(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    data = write_rows(project.root / "d.jsonl", ["one", "two"])
+    with OpenAIServer(responder=JudgeResponder()) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        run(project, data, record_mode="once")
+    monkeypatch.delenv("CHAINKIT_RECORD_VIA")
+    traced = run(project, data, trace=True)
+    [row, _] = journal_rows(project, traced.run_id)
+    mlflow.set_tracking_uri(store(project))
+    assessments = {a.name: a for a in mlflow.get_trace(row["trace_id"]).info.assessments}
+    assert assessments["correctness"].source.source_type == "LLM_JUDGE"
+    assert assessments["correctness"].source.source_id == "openai:/gpt-4.1-mini"
+    assert assessments["correctness"].feedback.value == row["scores"]["correctness"]
+    assert assessments["exact_match"].source.source_type == "CODE"  # a built-in: chainkit's code

@@ -161,7 +161,7 @@ def _new_response(request: Any, status: int, headers: Any, *, streaming: bool = 
         response.reason = HTTPStatus(status).phrase
     except ValueError:
         response.reason = ""
-    pairs = CIMultiDict((str(name), str(value)) for name, value in dict(headers).items())
+    pairs = CIMultiDict((str(name), str(value)) for name, value in headers.items())
     response._headers = CIMultiDictProxy(pairs)
     response._raw_headers = tuple((k.encode(), v.encode()) for k, v in pairs.items())
     # The whole body may be one chunk: size the reader's line limit so no line in it is refused.

@@ -136,7 +136,8 @@ def load_scorer(spec: str) -> Any:
                 f"({', '.join(sorted(judges))})"
             )
         try:
-            return judges[spec]()
+            # timeout=0: no thread per call; the judge's HTTP call has its own timeout.
+            return judges[spec](timeout=0)
         except Exception as exc:
             raise UsageError(
                 f"scorer {spec} needs arguments ({str(exc).splitlines()[0]}); build it in a module "
