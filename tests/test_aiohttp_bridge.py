@@ -117,3 +117,23 @@ def test_without_a_session_aiohttp_is_left_alone(openai_server: OpenAIServer) ->
 
     assert asyncio.run(direct()) == 200
     assert len(openai_server.requests) == 1
+
+
+def test_mlflow_gateway_providers_record_and_replay(tmp_path: Path, record_via: str) -> None:
+    """MLflow's gateway providers send with aiohttp (``send_request``, with its SSRF-guarded
+    connector): the call is recorded once and replayed offline."""
+    from mlflow.gateway.providers.utils import send_request
+
+    headers = {"Authorization": f"Bearer {CANARY_KEY}"}
+
+    def call() -> Any:
+        return asyncio.run(send_request(headers, OPENAI_BASE, "chat/completions", _body("gateway", False)))
+
+    path = tmp_path / "c.json"
+    with use_cassette(path, "once", record_via=record_via):
+        live = call()
+    with use_cassette(path, "none") as session:
+        assert call() == live
+    assert live["choices"][0]["message"]["content"] == "Answer to: gateway"
+    assert session.replayed == 1
+    assert CANARY_KEY not in path.read_text()

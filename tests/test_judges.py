@@ -165,3 +165,40 @@ def test_a_judged_score_on_a_trace_names_the_judge_model_as_its_source(
     assert assessments["correctness"].source.source_id == "openai:/gpt-4.1-mini"
     assert assessments["correctness"].feedback.value == row["scores"]["correctness"]
     assert assessments["exact_match"].source.source_type == "CODE"  # a built-in: chainkit's code
+
+
+MADE_JUDGE = '''from mlflow.genai.judges import make_judge
+
+polite = make_judge(
+    name="polite",
+    instructions="Is the answer in {{ outputs }} polite?",
+    model="openai:/gpt-4o-mini",
+    feedback_value_type=str,
+)
+'''
+
+
+def test_a_make_judge_judge_records_and_replays_through_the_cli(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    (project.root / "my_judges.py").write_text(MADE_JUDGE)
+    data = write_rows(project.root / "d.jsonl", ["one", "two", "three"])
+    command = ["--project", str(project.root), "eval", "live", "--data", str(data)]
+    command += ["--scorer", "my_judges:polite", "--tracking-uri", store(project), "--json"]
+    with OpenAIServer(responder=JudgeResponder()) as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        recorded = CliRunner().invoke(cli, [*command, "--record-mode", "once"])
+        assert recorded.exit_code == 0, recorded.output
+        assert sum("response_format" in (r.body or {}) for r in server.requests) == 3
+    monkeypatch.delenv("CHAINKIT_RECORD_VIA")
+    replayed = CliRunner().invoke(cli, command)
+    assert replayed.exit_code == 0, replayed.output
+    [before], [after] = json.loads(recorded.stdout)["runs"], json.loads(replayed.stdout)["runs"]
+    rows = {r["index"]: r["scores"]["polite"] for r in journal_rows(project, after["run_id"])}
+    assert rows == {r["index"]: r["scores"]["polite"] for r in journal_rows(project, before["run_id"])}
+    assert after["metrics"]["judge/polite/calls"] == 3 and after["metrics"]["judge/polite/live_calls"] == 0
+    assert before["metrics"]["judge/polite/live_calls"] == 3

@@ -1,6 +1,7 @@
 """Closing the network: in record mode ``none`` no byte leaves the process.
 
-HTTP sent through httpx or httpx2 is answered from the cassette before it reaches a socket.
+HTTP sent through httpx, httpx2, requests or aiohttp is answered from the cassette before it
+reaches a socket.
 Everything else is refused while a guard is active, unless its host was allowed explicitly (the
 MLflow tracking server, hosts given with ``--allow-host``, loopback when a test opts in):
 

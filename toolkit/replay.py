@@ -1,10 +1,11 @@
 """Record and replay HTTP traffic: ``use_cassette``, the one entry point every door builds on.
 
-While a cassette is in use, each client library's door (:mod:`toolkit.httpx_bridge` for httpx
-and httpx2) is patched in, and every request it sends goes through the innermost active
-:class:`~toolkit.session.CassetteSession`: answered from the cassette, or sent live and recorded
-when the record mode allows it, or refused with the closest recorded request and the fields
-that differ.
+While a cassette is in use, each client library's door is patched in (:mod:`toolkit.httpx_bridge`
+for httpx and httpx2, :mod:`toolkit.requests_bridge`, :mod:`toolkit.aiohttp_bridge`), and every
+request it sends goes through the innermost active :class:`~toolkit.session.CassetteSession`
+(or the one :func:`~toolkit.session.answering` names in its context): answered from the
+cassette, or sent live and recorded when the record mode allows it, or refused with the closest
+recorded request and the fields that differ.
 
     with use_cassette("cassettes/qa.json", record_mode="none"):
         chain.invoke({"question": "What is MLflow?"})
