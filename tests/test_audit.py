@@ -376,7 +376,7 @@ def test_prune_keeps_the_used_in_order_and_the_file_loads(three: Path) -> None:
     assert after.interactions == [before.interactions[0], before.interactions[2]]
     assert after.recorded_with == {"openai": "3.57.0"}
     assert not usage_path(three).exists()  # indices no longer match: the usage starts over
-    assert [p.name for p in three.parent.iterdir()] == [three.name]  # no temporary files left
+    assert sorted(p.name for p in three.parent.iterdir()) == [".gitignore", three.name]  # no temp file
     with pytest.raises(CassetteError, match="no replay has used this cassette"):
         prune(three)
 
@@ -454,7 +454,8 @@ def test_prune_is_atomic_when_the_write_fails(three: Path) -> None:
     assert excinfo.value.errno == errno.EFBIG
     assert three.read_bytes() == before  # the old cassette, whole
     assert len(Cassette.load(three)) == 3
-    assert sorted(p.name for p in three.parent.iterdir()) == sorted([three.name, usage_path(three).name])
+    left = sorted(p.name for p in three.parent.iterdir())
+    assert left == sorted([three.name, usage_path(three).name, ".gitignore"])
     assert load_usage(three) == {1}  # nothing lost: prune can simply be run again
     assert prune(three) == (1, 2)
     assert questions(three) == ["second question"]

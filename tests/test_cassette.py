@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -175,28 +174,58 @@ def test_secret_refuses_the_write_and_keeps_the_old_file(
 
 
 def test_killed_while_saving_leaves_the_previous_cassette(tmp_path: Path) -> None:
-    """SIGKILL a process that rewrites a large cassette in a loop: every observed state loads."""
+    """A process killed (SIGKILL) at the last moment of a save, when the new content is written
+    but not yet renamed into place, leaves the previous cassette whole: deterministic, the kill
+    comes from inside the rename. A save that writes the file in place fails this test."""
     path = tmp_path / "c.json"
     Cassette(path, [interaction("seed")]).save()
+    before = path.read_bytes()
     script = f"""
-import sys
+import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_cassette import interaction
 from toolkit.cassette import Cassette
 from pathlib import Path
-big = [interaction("p" * 2000 + str(n)) for n in range(3000)]
-print("ready", flush=True)
-while True:
-    Cassette(Path({str(path)!r}), big).save()
+
+def die(src, dst, *args, **kwargs):
+    assert Path(src).stat().st_size > 100_000  # the whole new content is on disk, beside
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = os.rename = die
+Cassette(Path({str(path)!r}), [interaction("p" * 2000 + str(n)) for n in range(100)]).save()
 """
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
-    assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
-    for delay in (0.05, 0.11, 0.23):
-        time.sleep(delay)
-        assert len(Cassette.load(path)) in (1, 3000)  # readers see whole files only
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert len(Cassette.load(path)) in (1, 3000)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+    assert path.read_bytes() == before
+    assert len(Cassette.load(path)) == 1
+
+
+def test_save_leaves_the_process_umask_alone(tmp_path: Path) -> None:
+    """A new cassette's mode is 0o666 less the umask, which the kernel applies: the save never
+    sets the umask (that would change it for every other thread of the process for a moment).
+    A replaced cassette keeps its mode."""
+    script = f"""
+import os, stat, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_cassette import interaction
+from toolkit.cassette import Cassette
+from pathlib import Path
+
+os.umask(0o027)
+calls = []
+real_umask = os.umask
+os.umask = lambda mask: calls.append(mask) or real_umask(mask)
+new, kept = Path({str(tmp_path / "new.json")!r}), Path({str(tmp_path / "kept.json")!r})
+kept.write_text("{{}}")
+os.chmod(kept, 0o604)
+Cassette(new, [interaction("a")]).save()
+Cassette(kept, [interaction("a")]).save()
+print(oct(stat.S_IMODE(new.stat().st_mode)), oct(stat.S_IMODE(kept.stat().st_mode)), calls)
+"""
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert process.returncode == 0, process.stderr.decode()
+    assert process.stdout.decode().split() == ["0o640", "0o604", "[]"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "new.json"]
 
 
 def test_usage_is_tied_to_the_cassette_content(tmp_path: Path) -> None:
@@ -279,3 +308,18 @@ def test_a_json_answer_without_a_body_is_named_when_replayed(tmp_path: Path) -> 
     with use_cassette(path, "none"), pytest.raises(ReplayMissError) as raised:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert str(raised.value) == reasons[0]
+
+
+def test_usage_notes_get_a_gitignore_beside_them_once(tmp_path: Path) -> None:
+    """Replaying writes `.NAME.json.usage`: the folder gets a .gitignore for it if it has none,
+    and one that exists (the user's, or edited) is left as it is."""
+    path = tmp_path / "cassettes" / "c.json"
+    Cassette(path, [interaction("a")]).save()
+    assert not (path.parent / ".gitignore").exists()  # a cassette alone: nothing to ignore
+    add_usage(path, {0})
+    written = (path.parent / ".gitignore").read_text()
+    assert ".*.usage" in written.splitlines() and ".*.recording" in written.splitlines()
+    (path.parent / ".gitignore").write_text("# edited by hand\n")
+    add_usage(path, {0})
+    assert (path.parent / ".gitignore").read_text() == "# edited by hand\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".c.json.usage", ".gitignore", "c.json"]

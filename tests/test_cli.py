@@ -649,3 +649,27 @@ def test_log_register_prints_no_mlflow_registration_chatter(project: Path) -> No
     assert result.exit_code == 0, result.output
     assert "Successfully registered model" not in result.stderr and "Created version" not in result.stderr
     assert re.search(r"^qa\s+logged\s+1\s", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_mlflow_chatter_only_with_verbose(tmp_path: Path) -> None:
+    """The integer-schema hint (clv has integer inputs) and the exit note of a traced run are
+    MLflow's, not the user's: gone from `eval` by default, back with --verbose (before or after
+    the command)."""
+    for name in ("chains", "cassettes", "datasets"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "toolkit", "--project", str(tmp_path)]
+    evaluate = ["eval", "clv", "--data", str(tmp_path / "datasets" / "clv.jsonl"), "--trace"]
+    chatter = ("Inferred schema contains integer column", "Flushing the async trace logging queue")
+
+    def run(*args: str) -> str:
+        shutil.rmtree(tmp_path / "mlruns", ignore_errors=True)  # logged afresh: the hint again
+        (tmp_path / "mlflow.db").unlink(missing_ok=True)
+        done = subprocess.run([*args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"clv: run \w+ started", done.stderr), done.stderr
+        return done.stderr
+
+    quiet = run(*command, *evaluate)
+    assert not [line for line in chatter if line in quiet], quiet
+    for verbose in (run(*command, "--verbose", *evaluate), run(*command, *evaluate, "--verbose")):
+        assert [line for line in chatter if line in verbose] == list(chatter), verbose

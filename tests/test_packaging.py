@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -449,3 +450,25 @@ def test_logging_that_records_tags_the_cassette_it_leaves(
     assert model.tags["chainkit.cassette_sha256"] == file_sha256(project.cassette_for("qa"))
     again = log_chains(project, ["qa"], register=True, tracking_uri=uri)[0]
     assert (again.status, again.model_id, again.version) == ("reused", first.model_id, 1)
+
+
+def test_a_changed_cassette_is_a_new_version(tmp_path: Path) -> None:
+    """The cassette is part of what is logged (its answers shape the model's example and are
+    carried in it): re-recording it, with the chain unchanged, makes `log --register` log a new
+    version instead of saying "reused"."""
+    project = copy_project(tmp_path)
+    uri = store_of(project)
+    first = log_chains(project, ["qa"], register=True, tracking_uri=uri)[0]
+    assert (first.status, first.version) == ("logged", 1), first.error
+    assert log_chains(project, ["qa"], register=True, tracking_uri=uri)[0].status == "reused"
+
+    path = project.cassette_for("qa")
+    document = json.loads(path.read_text())
+    for item in document["interactions"]:
+        item["response"]["json"]["choices"][0]["message"]["content"] += " (re-recorded)"
+    path.write_text(json.dumps(document, indent=1))
+    changed = log_chains(project, ["qa"], register=True, tracking_uri=uri)[0]
+    assert (changed.status, changed.version) == ("logged", 2), changed.error
+    assert changed.model_id != first.model_id
+    model = mlflow.get_logged_model(changed.model_id)
+    assert model.tags["chainkit.cassette_sha256"] == file_sha256(path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import httpx2
 import openai
@@ -299,3 +301,61 @@ async def test_raising_the_limit_wakes_a_waiter() -> None:
     assert limit.in_flight == 1
     release.set()
     await asyncio.gather(*tasks)
+
+
+# ---------------------------------------------- what the runner does with it (the docstring)
+
+LIVE_CHAIN = '''"""A live model with no client retries: the runner's own retries are what is tested."""
+
+import mlflow
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_openai import ChatOpenAI
+
+INPUT_EXAMPLE = {"question": "warm up"}
+
+prompt = ChatPromptTemplate.from_messages([("user", "{question}")])
+llm = ChatOpenAI(model="gpt-4o-mini", base_url="https://api.openai.com/v1", max_retries=0)
+chain = prompt | llm | StrOutputParser()
+
+mlflow.models.set_model(chain)
+'''
+
+
+@pytest.mark.parametrize(("status", "halves"), [(503, False), (429, True)])
+def test_only_a_429_halves_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, halves: bool
+) -> None:
+    """As the module says: 5xx answers are retried at the same limit, 429s halve it."""
+    from openai_server import Fault, OpenAIServer
+
+    from toolkit.evaluation import EvalOptions, evaluate
+    from toolkit.project import Project
+
+    (tmp_path / "chains").mkdir()
+    (tmp_path / "chains" / "live.py").write_text(LIVE_CHAIN)
+    project = Project.at(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def dataset(name: str, questions: list[str]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"inputs": {"question": q}}) + "\n" for q in questions))
+        return path
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        warm = EvalOptions(
+            data=dataset("warm.jsonl", ["warm up"]), record_mode="new_episodes", tracking_uri=uri
+        )
+        evaluate(project, warm, chain="live")  # logs the chain (its example recorded) first
+        server.add_faults([Fault(status, retry_after=0.01)] * 4)
+        options = EvalOptions(
+            data=dataset("d.jsonl", [f"q{n}" for n in range(8)]),
+            record_mode="new_episodes",
+            concurrency=4,
+            tracking_uri=uri,
+        )
+        summary = evaluate(project, options, chain="live")
+    assert (summary.rows, summary.errors) == (8, 0)
+    assert (min(summary.limit_history) < 4) is halves, summary.limit_history

@@ -279,3 +279,38 @@ def test_a_pytest_session_killed_mid_record_loses_nothing(
     assert done.returncode == -signal.SIGKILL
     cassette, recovered = open_cassette(tmp_path / "recorded.json")
     assert recovered == 3 and [i.request.body["json"]["n"] for i in cassette] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- the side files and git
+
+
+def _git_ignored(repo: Path, *names: str) -> set[str]:
+    """Which of ``names`` (relative to ``repo``) real git ignores."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), "check-ignore", "--no-index", *names], capture_output=True, text=True
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return set(done.stdout.split())
+
+
+def test_a_killed_session_leaves_its_log_out_of_git(tmp_path: Path, openai_server: OpenAIServer) -> None:
+    """A project of the user's own: the first recording in its cassettes folder writes a
+    .gitignore there covering chainkit's side files (the log a kill leaves, usage notes, an
+    interrupted save's temp file), and only those: the cassette stays committable."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    path = tmp_path / "cassettes" / "qa.json"
+    _record_then_die(path, openai_server, 1)
+    (log,) = log_paths(path)
+    assert (path.parent / ".gitignore").read_text().startswith("# Written by chainkit")
+    Cassette(path).save()
+    side = [f"cassettes/{log.name}", "cassettes/.qa.json.usage", "cassettes/.qa.json.0a1b2c.tmp"]
+    assert _git_ignored(tmp_path, *side, "cassettes/qa.json", "cassettes/.gitignore") == set(side)
+
+
+def test_an_existing_gitignore_is_never_touched(tmp_path: Path) -> None:
+    folder = tmp_path / "cassettes"
+    folder.mkdir()
+    (folder / ".gitignore").write_text("# mine\n*.bak\n")
+    RecordingLog(folder / "qa.json", replace=False).close(delete=True)
+    assert (folder / ".gitignore").read_text() == "# mine\n*.bak\n"
+    assert sorted(os.listdir(folder)) == [".gitignore"]

@@ -31,7 +31,7 @@ import gc
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -388,27 +388,35 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old file or the new, never half.
 
     A symlink is written through: its final target is replaced (the temp file sits beside the
-    target, so the rename stays on one file system) and the link is left as it was."""
+    target, so the rename stays on one file system) and the link is left as it was. A new file
+    gets mode 0o666 less the umask, applied by the kernel (reading the umask would change it for
+    every thread of the process); a replaced file keeps its mode."""
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            if path.exists():
+                os.fchmod(handle.fileno(), path.stat().st_mode & 0o777)
             os.fsync(handle.fileno())
-        # mkstemp creates 0600; a cassette is a normal, shareable file (or keeps its mode).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusively created file beside ``path``, mode 0o666 less the umask (mkstemp's
+    0o600 would make every cassette private)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def file_sha256(path: Path) -> str | None:
@@ -422,7 +430,8 @@ def file_sha256(path: Path) -> str | None:
 
 
 def usage_path(cassette_path: Path) -> Path:
-    """Where the indices replayed since the cassette last changed are kept (git-ignored)."""
+    """Where the indices replayed since the cassette last changed are kept (a side file that
+    :func:`ignore_side_files` keeps out of git)."""
     return cassette_path.with_name(f".{cassette_path.name}.usage")
 
 
@@ -444,4 +453,31 @@ def add_usage(cassette_path: Path, used: Iterable[int]) -> None:
     document = {"sha256": file_sha256(cassette_path), "used": sorted(merged)}
     text, _ = scrub_text(json.dumps(document))  # indices and a digest; scrubbed like every write
     with contextlib.suppress(OSError):
+        ignore_side_files(cassette_path.parent)
         atomic_write(usage_path(cassette_path), text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------ side files and git
+
+#: The ``.gitignore`` chainkit leaves in a folder where it writes side files beside cassettes.
+SIDE_FILES_GITIGNORE = """\
+# Written by chainkit beside its cassettes. Commit the cassettes (*.json), not these:
+# replay usage notes (for `chainkit cassette prune`), recordings not yet folded into their
+# cassette (a session in progress, or killed), and the temporary file of an interrupted save.
+.*.usage
+.*.recording
+.*.tmp
+"""
+
+
+def ignore_side_files(folder: Path) -> None:
+    """Leave a ``.gitignore`` for chainkit's side files in ``folder``, as pytest does in
+    ``.pytest_cache``; a folder that has one keeps it, untouched. Best effort: a read-only
+    folder is fine."""
+    path = folder / ".gitignore"
+    if path.exists() or path.is_symlink():
+        return
+    with contextlib.suppress(OSError):  # FileExistsError included: never over another's
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(SIDE_FILES_GITIGNORE)

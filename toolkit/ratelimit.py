@@ -1,9 +1,11 @@
 """Concurrency that backs off under rate limits and recovers: additive increase,
 multiplicative decrease (AIMD), the way TCP shares a link.
 
-The runner asks :meth:`AdaptiveLimit.slot` before each row. A 429 (or an overloaded 5xx)
-halves the limit and pauses new work for the server's ``retry-after``; every ``limit``
-successes in a row raise it by one, back up to the ceiling the user asked for.
+The runner asks :meth:`AdaptiveLimit.slot` before each row. A 429 halves the limit (once
+per burst) and pauses new work for the server's ``retry-after`` (else the backoff); every
+``limit`` successes in a row raise it by one, back up to the ceiling the user asked for. The
+other retried statuses (408, 409, 500, 502, 503, 504) retry the row after its backoff and leave
+the limit as it is: an error of the server is not a sign of too many requests.
 """
 
 from __future__ import annotations

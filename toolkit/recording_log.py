@@ -3,12 +3,13 @@
 A cassette is rewritten whole when a session closes. A live answer is paid for long before
 that, so each recording session also appends every interaction it records to a log of its own
 beside the cassette (``.qa.json.<pid>-<random>.recording``, JSON lines, each line written with
-one ``write`` and fsync'd) and holds an exclusive ``flock`` on that log while it lives. On a
-clean close the recordings go into the cassette and the log is deleted. A session killed with
-SIGKILL leaves its log behind, and the kernel drops its lock: the next session that opens the
-cassette (a re-run, ``--resume``, ``chainkit cassette check``) finds logs whose lock it can take,
-folds them into the cassette and deletes them. A log is deleted only once its recordings are
-in a saved cassette, so a failed save (a read-only folder, a secret refused) loses nothing.
+one ``write`` and fsync'd; a folder with no ``.gitignore`` gets one that keeps the logs out of
+git) and holds an exclusive ``flock`` on that log while it lives. On a clean close the
+recordings go into the cassette and the log is deleted. A session killed with SIGKILL leaves
+its log behind, and the kernel drops its lock: the next session that opens the cassette (a
+re-run, ``--resume``, ``chainkit cassette check``) finds logs whose lock it can take, folds
+them into the cassette and deletes them. A log is deleted only once its recordings are in a
+saved cassette, so a failed save (a read-only folder, a secret refused) loses nothing.
 
 Every write that changes a cassette (a close, a fold) holds a lock on the cassette's folder, so
 two processes recording into one cassette merge instead of overwriting each other.
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from toolkit.cassette import Cassette, Interaction, interaction_from_json
+from toolkit.cassette import Cassette, Interaction, ignore_side_files, interaction_from_json
 from toolkit.errors import CassetteError, SecretLeakError
 from toolkit.matching import request_key
 from toolkit.redaction import check_no_secrets
@@ -103,6 +104,7 @@ class RecordingLog:
             self._fd: int | None = os.open(
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644
             )
+            ignore_side_files(cassette_path.parent)  # logs left by a killed session stay out of git
         except OSError as exc:
             raise CassetteError(
                 f"cannot record into {cassette_path}: {exc.strerror} in {cassette_path.parent}; make the "
