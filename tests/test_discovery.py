@@ -490,3 +490,22 @@ def test_get_unknown_lists_names_when_nothing_is_close() -> None:
     with pytest.raises(ChainNotFoundError) as raised:
         make_discovery("qa").get("zzzzzz")
     assert str(raised.value) == "no chain named 'zzzzzz' (available: qa)"
+
+
+def test_a_module_named_like_an_installed_or_standard_one_is_a_warning_not_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "yaml.py").write_text(CHAIN)  # PyYAML's module
+    (tmp_path / "json.py").write_text(CHAIN)  # the standard library's
+    (tmp_path / "qa_chain.py").write_text(CHAIN)
+    found = discover(tmp_path)
+    assert [chain.name for chain in found.chains] == ["json", "qa_chain", "yaml"]  # all usable
+    assert found.problems == ()
+    warned = {warning.path.name: warning.message for warning in found.warnings}
+    assert set(warned) == {"json.py", "yaml.py"}
+    assert (
+        "the standard library" in warned["json.py"]
+        and "rename the file (e.g. json_chain.py)" in warned["json.py"]
+    )
+    assert (
+        "an installed package" in warned["yaml.py"]
+        and "`import yaml` in any chain gets that one" in warned["yaml.py"]
+    )

@@ -180,22 +180,15 @@ def test_model_uri_and_custom_scorer(
     assert run["metrics"]["short/mean"] == 1.0 and run["metrics"]["words/max"] > 10
 
 
-def test_llm_judge_is_refused_offline_not_skipped(project: Project) -> None:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--project",
-            str(project.root),
-            "eval",
-            "qa",
-            "--scorer",
-            "Correctness",
-            "--tracking-uri",
-            store(project),
-        ],
-    )
-    assert result.exit_code == 2
-    assert "scorer correctness calls an LLM judge" in result.stderr and "record mode 'none'" in result.stderr
+def test_an_unrecorded_llm_judge_is_the_usual_miss_offline_not_skipped(project: Project) -> None:
+    """The judge is not refused up front: its first call is a replay miss naming its cassette."""
+    data = project.root / "d.jsonl"
+    row = {"inputs": {"question": "What is MLflow?"}, "expectations": {"expected_response": "A platform."}}
+    data.write_text(json.dumps(row) + "\n")
+    result = eval_cli(project, "qa", "--data", str(data), "--scorer", "Correctness")
+    assert result.exit_code == 1
+    assert f"cassette {project.cassettes_dir / 'qa.judges.json'} does not exist" in result.stderr
+    assert "POST https://api.openai.com/v1/chat/completions" in result.stderr
 
 
 def test_all_evaluates_every_chain_with_a_dataset(project: Project) -> None:

@@ -215,12 +215,37 @@ def test_sys_path_is_restored_when_loading_fails(tmp_path: Path) -> None:
     assert sys.path == before
 
 
-def test_on_sys_path_puts_the_folder_first_and_removes_it_even_on_error(tmp_path: Path) -> None:
+def test_on_sys_path_puts_the_folder_last_and_removes_it_even_on_error(tmp_path: Path) -> None:
     before = list(sys.path)
     with pytest.raises(RuntimeError), on_sys_path(tmp_path):
-        assert sys.path[0] == str(tmp_path)
+        assert sys.path[-1] == str(tmp_path)  # after everything installed: it shadows nothing
         raise RuntimeError("boom")
     assert sys.path == before
+
+
+SHADOWING_CHAIN = """\
+import mlflow
+import yaml
+from langchain_core.runnables import RunnableLambda
+
+mlflow.models.set_model(RunnableLambda(lambda inputs: yaml.safe_dump(inputs).strip()))
+"""
+
+
+def test_a_chain_named_like_a_package_it_imports_loads_and_so_do_its_neighbours(tmp_path: Path) -> None:
+    """chains/yaml.py importing yaml (as MLflow's own sample chains/langgraph.py imports
+    langgraph) used to import itself as ``yaml``; its neighbours got it too."""
+    import yaml as installed
+
+    (tmp_path / "yaml.py").write_text(SHADOWING_CHAIN)
+    (tmp_path / "neighbour.py").write_text(SHADOWING_CHAIN)
+    try:
+        assert load_chain(tmp_path / "yaml.py").invoke({"a": 1}) == "a: 1"
+        assert load_chain(tmp_path / "neighbour.py").invoke({"b": 2}) == "b: 2"
+        assert sys.modules["yaml"] is installed
+    finally:  # a regression would leave this file as sys.modules["yaml"] for every later test
+        if getattr(sys.modules.get("yaml"), "__file__", "") == str(tmp_path / "yaml.py"):
+            sys.modules["yaml"] = installed
 
 
 def test_on_sys_path_keeps_a_folder_that_was_already_there(

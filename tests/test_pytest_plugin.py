@@ -13,6 +13,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai_server import OpenAIServer
@@ -941,3 +942,37 @@ def test_fixtures_show_their_docstrings(inner: pytest.Pytester) -> None:
     for fixture in ("chainkit_record_mode", "chainkit_allow_hosts", "cassette_path", "chain_runner"):
         assert re.search(rf"^{fixture}\b.*\n    \S", out, re.MULTILINE), f"{fixture} has no docstring"
     assert "no docstring available" not in out.split("fixtures defined from toolkit.pytest_plugin")[-1]
+
+
+JUDGE_TEST = """\
+import pytest
+from mlflow.genai.scorers import Correctness
+
+
+@pytest.mark.cassette
+def test_judged():
+    judge = Correctness(model="openai:/gpt-4o-mini")
+    feedback = judge(inputs={"question": "What is MLflow?"}, outputs="A platform.",
+                     expectations={"expected_response": "An ML platform."})
+    assert feedback.error is None and feedback.value == "yes"
+"""
+
+
+def test_a_test_that_calls_an_mlflow_judge_records_once_then_passes_offline(inner: pytest.Pytester) -> None:
+    """MLflow's judges send with requests: the test's cassette records and replays them too."""
+
+    def judge_responder(endpoint: str, body: dict[str, Any]) -> str:
+        return json.dumps({"rationale": "It is.", "result": "yes"})
+
+    write_test(inner, "tests/test_judge.py", JUDGE_TEST)
+    cassette = inner.path / "tests" / "cassettes" / "test_judge" / "test_judged.json"
+    with OpenAIServer(responder=judge_responder) as server, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        mp.setenv("OPENAI_API_KEY", "sk-test-judge")
+        inner.runpytest_subprocess("--record-mode=once").assert_outcomes(passed=1)
+    assert [r.headers["user-agent"].split("/")[0] for r in server.requests] == ["python-requests"]
+    [interaction] = load(cassette)["interactions"]  # type: ignore[misc]
+    assert interaction["request"]["json"]["response_format"]["json_schema"]["name"] == "JudgeEvaluation"
+    assert "sk-test-judge" not in cassette.read_text()
+    inner.runpytest_subprocess().assert_outcomes(passed=1)  # mode none, the server gone
+    assert len(server.requests) == 1

@@ -113,6 +113,30 @@ def test_recorded_with_skips_requirements_behind_an_extra() -> None:
     assert _request_shaping(["langchain-openai"], {"openai": "1.0"}) == {"openai"}
 
 
+def test_requirements_are_read_by_the_standard_not_by_hand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution's Requires-Dist lines parsed as PEP 508 (packaging): a direct URL
+    reference, a parenthesised version and odd spelling name their package; a line behind an
+    extra, or for another Python, is not a requirement of this install."""
+    write(
+        tmp_path / "site" / "shaper-1.0.dist-info" / "METADATA",
+        """\
+        Metadata-Version: 2.1
+        Name: shaper
+        Version: 1.0
+        Requires-Dist: openai@https://example.invalid/openai-3.0-py3-none-any.whl
+        Requires-Dist: Langchain.Core (>=1.0)
+        Requires-Dist: httpx>=0.27; python_version < "3"
+        Requires-Dist: pyyaml; extra == "yaml"
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert len(metadata.requires("shaper") or []) == 4
+    recorded = {"OpenAI": "3.0", "langchain_core": "1.0", "httpx": "0.28", "PyYAML": "6.0"}
+    assert _request_shaping(["shaper"], recorded) == {"openai", "Langchain.Core"}
+
+
 # --- import rules, on chains written here ---------------------------------------------------
 
 
@@ -200,13 +224,14 @@ def test_the_chain_file_itself_is_never_a_code_path(tmp_path: Path) -> None:
     assert chain_dependencies(chain, tmp_path).code_paths == (helper,)
 
 
-def test_a_local_helper_shadows_a_third_party_name(tmp_path: Path) -> None:
-    # chains_dir is first on sys.path when the chain runs, so chains/yaml.py is what imports.
-    local = write(tmp_path / "yaml.py", "X = 1\n")
+def test_an_installed_package_wins_over_a_local_helper_of_the_same_name(tmp_path: Path) -> None:
+    # chains_dir is last on sys.path when the chain runs, so PyYAML is what `import yaml` gets
+    # (and `chainkit list` warns about chains/yaml.py).
+    write(tmp_path / "yaml.py", "X = 1\n")
     chain = write(tmp_path / "c.py", "import yaml\n")
     dependencies = chain_dependencies(chain, tmp_path)
-    assert dependencies.requirements == pins("mlflow")
-    assert dependencies.code_paths == (local,)
+    assert dependencies.requirements == pins("mlflow", "PyYAML")
+    assert dependencies.code_paths == ()
 
 
 def test_a_namespace_package_import_maps_to_the_distribution_of_the_submodule(tmp_path: Path) -> None:
@@ -277,3 +302,12 @@ def test_distribution_of_prefers_the_namesake_distribution(monkeypatch: pytest.M
     monkeypatch.setattr("toolkit.requirements._module_distributions", lambda: provided)
     assert distribution_of("foo_bar") == "foo.Bar"  # normalized names match, not the first sorted
     assert distribution_of("baz") == "beta-baz"  # no namesake: a stable choice
+
+
+def test_a_chain_named_like_a_package_it_imports_requires_that_package(tmp_path: Path) -> None:
+    """chains/yaml.py's `import yaml` is PyYAML (what loads), not the file itself."""
+    chain = tmp_path / "yaml.py"
+    chain.write_text("import mlflow\nimport yaml\n\nmlflow.models.set_model(yaml)\n")
+    found = chain_dependencies(chain, tmp_path)
+    assert any(requirement.lower().startswith("pyyaml==") for requirement in found.requirements)
+    assert found.code_paths == ()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -41,9 +43,10 @@ tracking_uri_option = click.option(
 
 
 class Context:
-    def __init__(self, project: str, debug: bool) -> None:
+    def __init__(self, project: str, debug: bool, verbose: bool = False) -> None:
         self.project_dir = project
         self.debug = debug
+        self.verbose = verbose
 
     @property
     def project(self) -> Any:
@@ -121,14 +124,47 @@ def _set_debug(ctx: click.Context, _: click.Parameter, value: bool) -> None:
         ctx.ensure_object(Context).debug = True
 
 
+def _set_verbose(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).verbose = True
+
+
+#: MLflow's notes that say nothing about the user's command, shown only with --verbose: the
+#: schema hint on every chain with an integer input, and the exit note of traced runs.
+QUIET_WARNINGS = (r"Hint: Inferred schema contains integer column",)
+QUIET_LOGGERS = ("mlflow.tracing.export.async_export_queue",)
+
+
+def _quiet_unless_verbose(callback: F) -> F:
+    """Run a command with MLflow's chatter silenced unless --verbose (given before or after
+    the command: known only once the command's own options are parsed, i.e. here)."""
+
+    @wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context().find_object(Context)
+        if context is not None and context.verbose:
+            return callback(*args, **kwargs)
+        for name in QUIET_LOGGERS:  # left set: the exit note is logged after the command
+            logging.getLogger(name).setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            return callback(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Group(click.Group):
     """Takes the global options after the subcommand too, as users type them
-    (``chainkit list --project X``), not only before it."""
+    (``chainkit list --project X``), not only before it, and keeps MLflow's chatter out of
+    every command's output unless ``--verbose``."""
 
     group_class = type  # subgroups (``cassette``) are of this class too
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
+            if cmd.callback is not None:
+                cmd.callback = _quiet_unless_verbose(cmd.callback)
             cmd.params += [
                 click.Option(
                     ["--project"],
@@ -144,6 +180,13 @@ class Group(click.Group):
                     callback=_set_debug,
                     help="Show tracebacks.",
                 ),
+                click.Option(
+                    ["--verbose"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_set_verbose,
+                    help="Show MLflow's own notes and warnings too.",
+                ),
             ]
         super().add_command(cmd, name)
 
@@ -153,11 +196,12 @@ class Group(click.Group):
     "--project", default=".", show_default=True, help="Project directory (holds chains/, cassettes/)."
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--verbose", is_flag=True, help="Show MLflow's own notes and warnings too.")
 @click.version_option(package_name="chainkit")
 @click.pass_context
-def cli(ctx: click.Context, project: str, debug: bool) -> None:
+def cli(ctx: click.Context, project: str, debug: bool, verbose: bool) -> None:
     """Package LangChain chains with MLflow and run them offline from recorded traffic."""
-    ctx.obj = Context(project, debug)
+    ctx.obj = Context(project, debug, verbose)
 
 
 # ------------------------------------------------------------------------------------ list
@@ -192,6 +236,7 @@ def list_chains(obj: Context, as_json: bool) -> None:
                 "problems": [
                     {"path": str(p.path), "line": p.line, "message": p.message} for p in found.problems
                 ],
+                "warnings": [{"path": str(w.path), "message": w.message} for w in found.warnings],
             }
         )
     else:
@@ -207,6 +252,8 @@ def list_chains(obj: Context, as_json: bool) -> None:
         click.echo(table(["chain", "flavor", "recorded", "description"], rows, width=70))
         for problem in found.problems:
             click.echo(f"problem: {problem}", err=True)
+        for warning in found.warnings:
+            click.echo(f"warning: {warning}", err=True)
     if found.problems:
         obj_exit(1)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.util
 import re
+import sys
 import tokenize
 from dataclasses import dataclass
 from enum import StrEnum
@@ -76,6 +78,8 @@ class Discovery:
 
     chains: tuple[ChainSpec, ...]
     problems: tuple[Problem, ...]
+    #: Not problems (every chain still works): a module named like an installed one.
+    warnings: tuple[Problem, ...] = ()
 
     def get(self, name: str) -> ChainSpec:
         """Return the chain called ``name`` or raise ChainNotFoundError."""
@@ -124,7 +128,27 @@ def discover(chains_dir: Path) -> Discovery:
             problems.append(result)
     chains.sort(key=lambda chain: chain.name)
     problems.sort(key=lambda problem: (problem.path, problem.line))
-    return Discovery(tuple(chains), tuple(problems))
+    warnings = [warning for name, path in candidates if (warning := _shadowing(name, path, chains_dir))]
+    return Discovery(tuple(chains), tuple(problems), tuple(warnings))
+
+
+def _shadowing(name: str, path: Path, chains_dir: Path) -> Problem | None:
+    """A warning if ``name`` is also an installed (or standard library) module: imports of it
+    from chains get the installed one (chainkit puts the chains folder last on sys.path)."""
+    try:
+        spec = importlib.util.find_spec(name)  # a top-level name: finds, imports nothing
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if spec is None or (origin and Path(origin).resolve().is_relative_to(chains_dir.resolve())):
+        return None
+    where = "the standard library" if name in sys.stdlib_module_names else f"an installed package ({origin})"
+    return Problem(
+        path,
+        0,
+        f"{name!r} is also the name of a module in {where}: `import {name}` in any chain gets that "
+        f"one, not this file; rename the file (e.g. {name}_chain.py) to avoid the confusion",
+    )
 
 
 def inspect_file(path: Path, name: str | None = None) -> ChainSpec | Problem:

@@ -1,7 +1,8 @@
 """Running a chain file the way MLflow does when it loads a model logged from code.
 
 The file is executed as a fresh top-level module (so relative imports fail, as they will in
-MLflow), with its directory on ``sys.path`` so that helper modules beside it import. What it
+MLflow), with its directory at the end of ``sys.path`` so that helper modules beside it import
+and nothing installed is shadowed. What it
 passed to ``mlflow.models.set_model`` is the chain. MLflow keeps that in a module global that
 it never resets; chainkit clears it first, so a file that forgets ``set_model`` fails loudly
 instead of returning the chain loaded before it.
@@ -27,10 +28,14 @@ T = TypeVar("T")
 
 @contextmanager
 def on_sys_path(folder: Path) -> Iterator[None]:
+    """``folder`` importable, after everything installed: a chain file named like a package it
+    imports (``chains/langgraph.py``, as in MLflow's samples) must not shadow that package, for
+    itself or its neighbours. Its helper modules still import, unless an installed module has
+    their name (``chainkit list`` warns about such a name)."""
     entry = str(folder)
     added = entry not in sys.path
     if added:
-        sys.path.insert(0, entry)
+        sys.path.append(entry)
     try:
         yield
     finally:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import ast
 import functools
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from toolkit.errors import PackagingError
 
@@ -41,10 +43,6 @@ def _module_distributions() -> Mapping[str, list[str]]:
     return metadata.packages_distributions()
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def distribution_of(module: str) -> str | None:
     """The installed distribution that provides ``module`` (``yaml`` -> ``PyYAML``,
     ``google.protobuf`` -> ``protobuf``)."""
@@ -54,7 +52,7 @@ def distribution_of(module: str) -> str | None:
         return candidates[0] if candidates else None
     # mlflow is provided by mlflow, mlflow-skinny and mlflow-tracing: prefer the namesake.
     for candidate in candidates:
-        if _normalize(candidate) == _normalize(top):
+        if canonicalize_name(candidate) == canonicalize_name(top):
             return candidate
     # A namespace package (google, opentelemetry): the distribution that holds the submodule.
     prefix = module.replace(".", "/")
@@ -117,7 +115,9 @@ def chain_dependencies(
             top = module.split(".")[0]
             if top in sys.stdlib_module_names or top == "__future__":
                 continue
-            local = _local_module(top, chains_dir)
+            # What is installed wins over a file of the same name beside the chain, as when
+            # the chain loads (the chains folder comes last on sys.path).
+            local = _local_module(top, chains_dir) if distribution_of(top) is None else None
             if local is not None:
                 if local != chain_file:
                     code_paths.add(local)
@@ -135,15 +135,19 @@ def chain_dependencies(
 
 
 def _request_shaping(distributions: Iterable[str], recorded_with: Mapping[str, str]) -> set[str]:
-    named = {_normalize(name) for name in recorded_with}
+    named = {canonicalize_name(name) for name in recorded_with}
     found = set()
     for distribution in distributions:
-        for requirement in metadata.requires(distribution) or []:
-            if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
+        for line in metadata.requires(distribution) or []:
+            try:
+                requirement = Requirement(line)
+            except InvalidRequirement:
+                continue  # metadata pip itself would not install from
+            # Behind an extra (or for another platform): not what this install uses.
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
                 continue
-            name = re.split(r"[<>=!~\[; (]", requirement, maxsplit=1)[0]
-            if _normalize(name) in named:
-                found.add(name)
+            if canonicalize_name(requirement.name) in named:
+                found.add(requirement.name)
     return found
 
 
@@ -151,7 +155,7 @@ def _pinned(distributions: Iterable[str]) -> tuple[str, ...]:
     pins = {}
     for distribution in distributions:
         try:
-            pins[_normalize(distribution)] = f"{distribution}=={metadata.version(distribution)}"
+            pins[canonicalize_name(distribution)] = f"{distribution}=={metadata.version(distribution)}"
         except metadata.PackageNotFoundError:
             continue
     return tuple(sorted(pins.values(), key=str.lower))
