@@ -121,6 +121,20 @@ def test_list_json(project: Path) -> None:
     assert [chains[name]["recorded"] for name in sorted(chains)] == [True, False, True]
 
 
+def test_list_warns_about_a_chain_named_like_an_installed_package(project: Path) -> None:
+    """MLflow's own sample is chains/langgraph.py; here chains/yaml.py (PyYAML is installed)."""
+    shutil.copy(project / "chains" / "qa.py", project / "chains" / "yaml.py")
+    result = invoke(project, "list")
+    assert result.exit_code == 0, result.output  # a warning, not a problem: every chain works
+    assert "yaml" in result.stdout.split()
+    assert (
+        "warning: " in result.stderr
+        and "'yaml' is also the name of a module in an installed package" in result.stderr
+    )
+    found = json.loads(invoke(project, "list", "--json").stdout)
+    assert [Path(w["path"]).name for w in found["warnings"]] == ["yaml.py"]
+
+
 BROKEN = '"""A chain with a syntax error on line 3."""\nimport mlflow\nchain = (1,\n'
 
 
