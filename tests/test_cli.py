@@ -217,6 +217,36 @@ def test_run_json(project: Path) -> None:
     assert Path(out["cassette"]).resolve() == (project / "cassettes" / "qa.json").resolve()
 
 
+STATE_CHAIN = """import mlflow
+import pandas as pd
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
+
+
+def answer(inputs):
+    return {
+        "messages": [HumanMessage(inputs["question"], id="1"), AIMessage("An answer.", id="2")],
+        "table": pd.DataFrame({"n": [1, 2]}),
+    }
+
+
+mlflow.models.set_model(RunnableLambda(answer))
+"""
+
+
+def test_run_json_prints_messages_and_frames_as_json_not_reprs(project: Path) -> None:
+    """A LangGraph-like state (messages) and a DataFrame used to come out as Python reprs."""
+    (project / "chains" / "state.py").write_text(STATE_CHAIN)
+    result = invoke(project, "run", "state", "--input", '{"question": "Why?"}', "--json")
+    assert result.exit_code == 0, result.output
+    output = json.loads(result.stdout)["output"]
+    assert [(m["type"], m["content"]) for m in output["messages"]] == [
+        ("human", "Why?"),
+        ("ai", "An answer."),
+    ]
+    assert output["table"] == [{"n": 1}, {"n": 2}]
+
+
 def test_run_json_stdout_stays_one_document_when_the_chain_prints(project: Path) -> None:
     source = (project / "chains" / "qa.py").read_text()
     noisy = source.replace("chain = prompt", 'print("building the chain")\nchain = prompt')
