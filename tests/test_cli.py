@@ -247,6 +247,52 @@ def test_run_json_prints_messages_and_frames_as_json_not_reprs(project: Path) ->
     assert output["table"] == [{"n": 1}, {"n": 2}]
 
 
+ECHO_AGENT = """import mlflow
+from mlflow.pyfunc import ResponsesAgent
+from mlflow.types.responses import ResponsesAgentRequest, ResponsesAgentResponse, ResponsesAgentStreamEvent
+
+
+class Echo(ResponsesAgent):
+    def predict(self, request: ResponsesAgentRequest) -> ResponsesAgentResponse:
+        text = f"echo: {request.input[-1].content}"
+        return ResponsesAgentResponse(output=[self.create_text_output_item(text=text, id="1")])
+
+    def predict_stream(self, request: ResponsesAgentRequest):
+        for word in ["echo: ", request.input[-1].content]:
+            yield ResponsesAgentStreamEvent(**self.create_text_delta(delta=word, item_id="1"))
+        text = f"echo: {request.input[-1].content}"
+        yield ResponsesAgentStreamEvent(
+            type="response.output_item.done", item=self.create_text_output_item(text=text, id="1")
+        )
+
+
+mlflow.models.set_model(Echo())
+"""
+AGENT_INPUT = '{"input": [{"role": "user", "content": "hi"}]}'
+
+
+def test_run_stream_streams_a_pyfunc_agent(project: Path) -> None:
+    """ResponsesAgent (and any pyfunc with predict_stream) streams: its text deltas as text."""
+    (project / "chains" / "echo.py").write_text(ECHO_AGENT)
+    result = invoke(project, "run", "echo", "--input", AGENT_INPUT, "--stream")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "echo: hi"
+    streamed = json.loads(invoke(project, "run", "echo", "--input", AGENT_INPUT, "--stream", "--json").stdout)
+    assert streamed["output"] == "echo: hi"
+    assert [chunk["type"] for chunk in streamed["chunks"]] == [
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_item.done",
+    ]
+
+
+def test_run_stream_of_a_pyfunc_without_predict_stream_says_so(project: Path) -> None:
+    shutil.copy(ROOT / "chains" / "circle_area.py", project / "chains")
+    result = invoke(project, "run", "circle_area", "--input", '{"radius": 1}', "--stream")
+    assert result.exit_code == 2
+    assert "chain circle_area is an mlflow.pyfunc model without predict_stream" in result.stderr
+
+
 def test_run_json_stdout_stays_one_document_when_the_chain_prints(project: Path) -> None:
     source = (project / "chains" / "qa.py").read_text()
     noisy = source.replace("chain = prompt", 'print("building the chain")\nchain = prompt')

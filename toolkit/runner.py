@@ -77,17 +77,25 @@ def run_chain(
         chain_code(f"chain {name}"),
     ):
         chunks: list[Any] = []
-        if spec.flavor is Flavor.PYFUNC:
-            if stream:
-                raise UsageError(f"chain {name} is an mlflow.pyfunc model: run it without --stream")
-            output = plain_output(predict_python_model(chain, chain_input))
-        elif stream:
-            for chunk in chain.stream(chain_input):
+        if stream:
+            source = (
+                stream_python_model(name, chain, chain_input)
+                if spec.flavor is Flavor.PYFUNC
+                else chain.stream(chain_input)
+            )
+            texts: list[str | None] = []
+            for chunk in source:
                 chunk = plain_output(chunk)
                 chunks.append(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk if isinstance(chunk, str) else json.dumps(chunk, default=str) + "\n")
-            output = "".join(chunks) if all(isinstance(c, str) for c in chunks) else chunks
+                texts.append(chunk_text(chunk))
+                if on_chunk is not None and texts[-1] is not None:
+                    on_chunk(texts[-1])
+                elif on_chunk is not None and spec.flavor is Flavor.LANGCHAIN:  # an agent's events: in --json
+                    on_chunk(json.dumps(chunk, default=str) + "\n")
+            text_chunks = [text for text in texts if text is not None]  # an agent's: between events
+            output = "".join(text_chunks) if text_chunks else chunks
+        elif spec.flavor is Flavor.PYFUNC:
+            output = plain_output(predict_python_model(chain, chain_input))
         else:
             output = plain_output(chain.invoke(chain_input))
     return RunResult(
@@ -99,3 +107,36 @@ def run_chain(
         recorded=len(session.new),
         chunks=chunks,
     )
+
+
+def stream_python_model(name: str, model: Any, model_input: Any) -> Iterator[Any]:
+    """A pyfunc model's ``predict_stream`` (ResponsesAgent, ChatAgent, a PythonModel that
+    implements it), called with or without the ``context`` argument it declares."""
+    import inspect
+
+    parameters = list(inspect.signature(model.predict_stream).parameters)
+    try:
+        if parameters and parameters[0] == "context":
+            yield from model.predict_stream(None, model_input)
+        else:
+            yield from model.predict_stream(model_input)
+    except NotImplementedError:  # MLflow's base classes raise it
+        raise UsageError(
+            f"chain {name} is an mlflow.pyfunc model without predict_stream: implement it, or run "
+            "without --stream"
+        ) from None
+
+
+def chunk_text(chunk: Any) -> str | None:
+    """The text a streamed chunk adds: a string chunk itself, a ResponsesAgent's
+    ``response.output_text.delta``, a ChatAgent chunk's ``delta.content``; None for the rest."""
+    if isinstance(chunk, str):
+        return chunk
+    if not isinstance(chunk, dict):
+        return None
+    if chunk.get("type") == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
+        return str(chunk["delta"])
+    delta = chunk.get("delta")
+    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+        return str(delta["content"])
+    return None
