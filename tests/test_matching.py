@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
+import httpx
+import httpx2
+import pytest
+
+from toolkit import use_cassette
 from toolkit.cassette import Interaction, RecordedRequest, RecordedResponse
+from toolkit.errors import ReplayMissError
 from toolkit.matching import InteractionIndex, closest, describe_miss, json_differences, request_key
+from toolkit.session import CassetteSession
 
 URL = "https://api.openai.com/v1/chat/completions"
 
@@ -132,7 +141,7 @@ def test_a_late_change_in_a_long_string_shows_around_the_first_difference() -> N
     # Early differences and short values read as before: whole, or cut at the end.
     early = json_differences({"q": "A" + recorded}, {"q": "B" + recorded})[0]
     assert str(early).startswith('q: recorded "AYou are') and str(early).count('..."') == 0
-    assert str(early).endswith('...')
+    assert str(early).endswith("...")
 
 
 def test_closest_counts_a_missing_subtree_by_its_size() -> None:
@@ -165,3 +174,70 @@ def test_closest_counts_a_missing_subtree_by_its_size() -> None:
     assert len(differences) == 6  # ids, tool_call_ids and answers
     assert position == 1
     assert describe_miss(sent, recorded).startswith(f"Closest recorded request: #1 POST {URL}")
+
+
+# ------------------------------------------------------------- the session's respx routing
+
+
+def _cassette(path: Path, *urls: str) -> Path:
+    interactions = [
+        {
+            "request": {"method": "POST", "url": url, "json": {"n": n}},
+            "response": {
+                "status": 200,
+                "headers": {"content-type": "application/json", "x-n": str(n)},
+                "json": {"n": n},
+            },
+        }
+        for n, url in enumerate(urls)
+    ]
+    path.write_text(json.dumps({"chainkit_cassette": 1, "interactions": interactions}))
+    return path
+
+
+def test_a_recorded_percent_encoded_path_is_routed_to_its_recording(tmp_path: Path) -> None:
+    # respx's own path pattern compared the decoded path with a re-encoded value: a recorded
+    # "%20" fell to the catch-all route and missed, though the cassette held the request.
+    url = "https://api.example.com/v1/files/a%20b/content"
+    session = CassetteSession(_cassette(tmp_path / "c.json", url, URL), "none")
+    for n, sent in enumerate([url, URL]):
+        found = session.lookup(httpx.Request("POST", sent, content=json.dumps({"n": n}).encode()))
+        assert isinstance(found, httpx.Response)
+        assert (found.read(), found.headers["x-n"]) == (
+            json.dumps({"n": n}, separators=(",", ":")).encode(),
+            str(n),
+        )
+
+
+def test_respx_routes_each_endpoint_and_sends_the_rest_to_the_miss(tmp_path: Path) -> None:
+    session = CassetteSession(
+        _cassette(tmp_path / "c.json", URL, "https://api.example.com/v1/embeddings"), "none"
+    )
+    request = httpx.Request("POST", "https://api.example.com/v1/embeddings", content=b'{"n": 1}')
+    found = session.lookup(request)
+    assert isinstance(found, httpx.Response) and found.request is request  # no copy made by respx
+    assert [route.call_count for route in session.router.routes] == [0, 0, 0]  # calls not kept
+    with pytest.raises(
+        ReplayMissError, match=r"no recorded response .* for POST https://api\.example\.com/v1/other"
+    ):
+        session.lookup(httpx.Request("POST", "https://api.example.com/v1/other", content=b'{"n": 1}'))
+
+
+def test_replayed_bytes_are_built_per_call_not_kept_per_recording(tmp_path: Path) -> None:
+    # A cache of answers made calls on a small cassette (whose recordings repeat) cheaper than
+    # on a large one, and grew with the job: the cost per call must not depend on the size.
+    session = CassetteSession(_cassette(tmp_path / "c.json", URL), "none")
+    first = session.lookup(httpx.Request("POST", URL, content=b'{"n": 0}'))
+    second = session.lookup(httpx.Request("POST", URL, content=b'{"n": 0}'))
+    assert isinstance(first, httpx.Response) and isinstance(second, httpx.Response)
+    assert first.read() == second.read() == b'{"n":0}'
+    assert first.stream.chunks is not second.stream.chunks  # type: ignore[attr-defined]
+    assert not [name for name, value in vars(session).items() if isinstance(value, dict) and value]
+
+
+def test_an_httpx2_request_is_answered_with_the_recorded_status_headers_and_body(tmp_path: Path) -> None:
+    path = _cassette(tmp_path / "c.json", URL + "?b=2&a=1")
+    with use_cassette(path, "none"), httpx2.Client() as client:
+        response = client.post(URL + "?a=1&b=2", content=b'{"n":0}')
+    assert (response.status_code, response.json()) == (200, {"n": 0})
+    assert dict(response.headers) == {"content-type": "application/json", "x-n": "0"}

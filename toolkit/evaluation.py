@@ -52,7 +52,8 @@ from toolkit.resume import (
     resumed_run,
     run_settings,
 )
-from toolkit.scorers import MEASURES, Aggregate, resolve, score
+from toolkit.scorers import MEASURES, Aggregate, ScorerCalls, calls_an_llm, resolve, score
+from toolkit.session import CassetteSession, answering
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits
 MAX_ATTEMPTS = 6
@@ -122,9 +123,14 @@ class RowRunner:
         prices: Mapping[str, tuple[float, float]],
         progress: Progress,
         trace: bool = False,
+        judges: CassetteSession | None = None,
     ) -> None:
         self.trace = trace
+        #: Where the LLM judges' calls are recorded and replayed (apart from the chain's).
+        self.judges = judges
         self.invoke, self.scorers, self.limit = invoke, scorers, limit
+        #: An LLM judge among the scorers: rows are scored in a worker thread, not the event loop.
+        self.judged = any(calls_an_llm(candidate) for candidate in scorers)
         self.journal, self.prices, self.progress = journal, prices, progress
 
     async def run(self, row: Row, scope: str | None = None) -> None:
@@ -162,8 +168,9 @@ class RowRunner:
             await self.limit.succeeded()
         scores: dict[str, Any] = {}
         scorer_errors: dict[str, BaseException] = {}  # a scorer that raised: only its score is lost
-        if error is None:  # a scorer that needs the network raises: the whole job stops, clearly
-            scores = score(self.scorers, row.inputs, output, row.expectations, errors=scorer_errors)
+        judges: dict[str, ScorerCalls] = {}  # the requests each judge made, apart from the chain's
+        if error is None:  # a judge call the cassette does not hold raises: the job stops, clearly
+            scores = await self._score(row, output, scope or f"row-{row.index}", scorer_errors, judges)
         prompt = sum(e.prompt_tokens for e in exchanges)
         completion = sum(e.completion_tokens for e in exchanges)
         result = {
@@ -188,8 +195,42 @@ class RowRunner:
             or None,
             "trace_id": trace_id,
         }
+        if judges:
+            result["judges"] = {name: self._judge_summary(calls) for name, calls in judges.items()}
         self.journal.write(row.index, result)
         self.progress.update(result)
+
+    async def _score(
+        self,
+        row: Row,
+        output: Any,
+        scope: str,
+        errors: dict[str, BaseException],
+        judges: dict[str, ScorerCalls],
+    ) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            # In the row's replay scope: a judge's identical calls on identical rows get their
+            # own row's recorded answers, whatever the concurrency.
+            with (
+                answering(self.judges) if self.judges is not None else contextlib.nullcontext(),
+                replay_scope(scope),
+            ):
+                return score(self.scorers, row.inputs, output, row.expectations, errors=errors, calls=judges)
+
+        if not self.judged or self.limit.ceiling == 1:
+            return run()
+        return await asyncio.to_thread(run)
+
+    def _judge_summary(self, calls: ScorerCalls) -> dict[str, Any]:
+        exchanges = calls.exchanges
+        return {
+            "model": calls.judge or next((e.model for e in exchanges if e.model), None),
+            "calls": len(exchanges),
+            "prompt_tokens": sum(e.prompt_tokens for e in exchanges),
+            "completion_tokens": sum(e.completion_tokens for e in exchanges),
+            "cost_usd": cost_of(exchanges, self.prices),
+            "live_calls": sum(not e.replayed for e in exchanges),
+        }
 
     async def _call(self, inputs: Any) -> Any:
         if self.limit.ceiling == 1:
@@ -207,6 +248,33 @@ class RowRunner:
         with mlflow.start_span(name=f"eval row {row.index}", span_type="CHAIN") as span:
             span.set_inputs(row.inputs)
             yield span
+
+
+def judges_cassette(cassette: Path) -> Path:
+    """Where an evaluation's LLM judges' calls are kept: beside the chain's, apart from them
+    (re-recording the chain keeps the verdicts; ``--record-mode once`` records a new judge)."""
+    return cassette.with_name(f"{cassette.stem}.judges{cassette.suffix}")
+
+
+@contextlib.contextmanager
+def _judge_session(
+    scorers: Sequence[Any], cassette: Path, options: EvalOptions, project: Project
+) -> Iterator[CassetteSession | None]:
+    """The judges' own cassette session, in the job's record mode, if a scorer is an LLM judge."""
+    if not any(calls_an_llm(candidate) for candidate in scorers):
+        yield None
+        return
+    session = CassetteSession(
+        judges_cassette(cassette),
+        options.record_mode,
+        allow_hosts=options.allow_hosts,
+        client_retries=False,
+        ignore_json_paths=project.ignore_json_paths,
+    )
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @contextlib.contextmanager
@@ -386,7 +454,7 @@ def evaluate(
         raise UsageError("--concurrency must be at least 1")
     mode = RecordMode.parse(options.record_mode)
     with on_sys_path(project.root):  # `--scorer pkg.mod:fn` from the project root, as for chains
-        scorers = resolve(options.scorers, offline=mode is RecordMode.NONE)
+        scorers = resolve(options.scorers)
     aggregates = {name: Aggregate(options.aggregations) for name in MEASURES}  # also validates names
     total = count_rows(options.data)  # reads every row: a malformed file fails before any run exists
     if total == 0:
@@ -407,6 +475,10 @@ def evaluate(
         if chain is not None:
             spec = discover(project.chains_dir).get(chain)
             chain_cassette = cassette or project.cassette_for(chain)  # --cassette is honoured
+            if mode is RecordMode.ONCE and not chain_cassette.exists():
+                # Logging the chain (below) records its input example into the new cassette;
+                # in mode once the whole job still records: the cassette is new to this job.
+                mode = RecordMode.NEW_EPISODES
             settings |= {
                 "chainkit.evaluated": f"chain {chain}",
                 "chainkit.chain_sha256": file_sha256(spec.path) or "",
@@ -445,9 +517,12 @@ def evaluate(
                     ignore_json_paths=project.ignore_json_paths,
                 ),
                 _tracing(options.trace, target.model_id),
+                _judge_session(scorers, target.cassette, options, project) as judges,
             ):
                 invoke = target.load()
-                runner = RowRunner(invoke, scorers, limit, journal, options.prices, progress, options.trace)
+                runner = RowRunner(
+                    invoke, scorers, limit, journal, options.prices, progress, options.trace, judges
+                )
                 rows = read_rows(options.data)
                 skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
             progress.finish()

@@ -13,6 +13,7 @@ own recordings in its own order, whatever the other rows do at the same time.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -35,14 +36,24 @@ def endpoint(method: str, url: str) -> tuple[str, str, str]:
 
 
 def request_key(request: RecordedRequest) -> str:
-    method, host, path = endpoint(request.method, request.url)
-    query = sorted(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
-    return "\n".join((method, host, path, json.dumps(query), _canonical_body(request.body)))
+    return "\n".join((request.method.upper(), _url_key(request.url), _canonical_body(request.body)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_key(url: str) -> str:
+    """host, path and sorted query of ``url``: parsed once per URL (a client uses a handful)."""
+    parts = urlsplit(url)
+    query = sorted(parse_qsl(parts.query, keep_blank_values=True))
+    return "\n".join((parts.netloc.lower(), parts.path or "/", json.dumps(query)))
+
+
+#: One encoder for every key: ``json.dumps`` with options builds a new one at each call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _canonical_body(body: Mapping[str, Any]) -> str:
     if "json" in body:
-        return "json:" + json.dumps(body["json"], sort_keys=True, separators=(",", ":"))
+        return "json:" + _CANONICAL_JSON.encode(body["json"])
     if "text" in body:
         return "text:" + str(body["text"])
     if "base64" in body:
@@ -96,9 +107,6 @@ class InteractionIndex:
             if interaction.scope is not None:
                 self._scoped.setdefault((interaction.scope, key), []).append(position)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._positions
-
     def take(self, key: str) -> int | None:
         """Position of the recording for the next call with ``key``; None if never recorded."""
         calls: dict[str, int] = self._calls
@@ -114,12 +122,6 @@ class InteractionIndex:
             n = calls.get(key, 0)
             calls[key] = n + 1
         return positions[min(n, len(positions) - 1)]
-
-    def forget(self, key: str) -> list[int]:
-        """Stop replaying ``key`` (it is being re-recorded); returns the positions it had."""
-        with self._lock:
-            self._calls.pop(key, None)
-            return self._positions.pop(key, [])
 
 
 # ------------------------------------------------------------------------ explaining a miss

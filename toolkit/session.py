@@ -12,9 +12,13 @@ request and response types and ``httpx``'s; the session holds no client-specific
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +68,43 @@ class _CassetteRouter(respx.Router):
         pass
 
 
+class _SideEffect:
+    """A route's side effect whose signature respx finds at once.
+
+    respx calls ``inspect.getfullargspec`` on a callable side effect at every call (to see
+    whether it wants the route): ~15 us for a bound method, ~2 us for an object that carries
+    its ``__signature__``.
+    """
+
+    __signature__ = inspect.Signature([inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+
+    def __init__(self, effect: Any) -> None:
+        self.effect = effect
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        return self.effect(request)  # type: ignore[no-any-return]
+
+
+class _Endpoint(respx.patterns.Pattern):
+    """A respx pattern on (METHOD, host, raw path) at once: one comparison where respx's
+    ``method & host & path`` makes three patterns and two combinations (~5 us a call).
+
+    The path is compared as sent (percent-encoded), as :func:`toolkit.matching.endpoint`
+    takes it from the recorded URL: respx's ``path`` pattern compares the decoded path
+    with a re-encoded value, which never matched a recorded ``%20``.
+    """
+
+    # No ``key``: respx would register the class under it, and a second import would clash.
+
+    def clean(self, value: tuple[str, str, str]) -> tuple[str, str, str]:
+        method, host, path = value
+        return method.upper(), host, path
+
+    def parse(self, request: httpx.Request) -> tuple[str, str, str]:
+        url = request.url
+        return request.method, url.host, url.raw_path.partition(b"?")[0].decode("ascii") or "/"
+
+
 class CassetteSession:
     """One active cassette: answers requests, records new ones, saves on close.
 
@@ -111,7 +152,6 @@ class CassetteSession:
             or (mode is RecordMode.ONCE and not exists)
         )
         self.index = InteractionIndex(self._matched(self.cassette.interactions) if self.replays else ())
-        self._bodies: dict[int, list[bytes]] = {}  # response bytes, built on first replay
         self.used: set[int] = set()
         self.new: list[Interaction] = []
         self.replayed = 0
@@ -122,9 +162,10 @@ class CassetteSession:
     def _build_router(self) -> respx.Router:
         router = _CassetteRouter(assert_all_mocked=True, assert_all_called=False)
         endpoints = {endpoint(i.request.method, i.request.url) for i in self.cassette}
+        answer = _SideEffect(self._answer)
         for method, host, path in sorted(endpoints):
-            router.route(method=method, host=host.split(":")[0], path=path).side_effect = self._answer
-        router.route().side_effect = self._unrecorded  # any other endpoint
+            router.route(_Endpoint((method, host.split(":")[0], path))).side_effect = answer
+        router.route().side_effect = _SideEffect(self._unrecorded)  # any other endpoint
         return router
 
     # The respx side effects -------------------------------------------------------------
@@ -140,11 +181,12 @@ class CassetteSession:
             self.replayed += 1
         interaction = self.cassette.interactions[position]
         note_exchange(interaction, replayed=True)
-        chunks = self._bodies.get(position)
-        if chunks is None:
-            chunks = self._bodies[position] = interaction.response.chunks()
         response = interaction.response
-        return httpx.Response(response.status, headers=response.headers, stream=ChunkStream(chunks))
+        # The body is built at each call, not kept per recording: a cache would make a call
+        # cheaper on a small cassette (whose recordings repeat) than on a large one, and grow
+        # with the job. ``request=`` spares respx a copy of the response to attach it.
+        stream = ChunkStream(response.chunks())
+        return httpx.Response(response.status, headers=response.headers, stream=stream, request=request)
 
     def _matched(self, interactions: list[Interaction]) -> list[Interaction]:
         """The interactions as matching sees them: ignored JSON paths left out."""
@@ -260,7 +302,11 @@ class CassetteSession:
 
 
 def recorded_request(request: httpx.Request) -> RecordedRequest:
-    return RecordedRequest(request.method, redact_url(str(request.url)), encode_body(request.content))
+    return RecordedRequest(request.method, _redacted(str(request.url)), encode_body(request.content))
+
+
+#: A client sends to a handful of URLs: each is parsed for redaction once.
+_redacted = functools.lru_cache(maxsize=1024)(redact_url)
 
 
 _STREAM_BASES: tuple[type, ...] = (httpx.SyncByteStream, httpx.AsyncByteStream)
@@ -288,9 +334,37 @@ class ChunkStream(*_STREAM_BASES):  # type: ignore[misc]
 _sessions: list[CassetteSession] = []
 
 
+#: A session that answers in one context only (a thread, an asyncio task), before the stack:
+#: an evaluation's LLM judges record into and replay from their own cassette.
+_context_session: ContextVar[CassetteSession | None] = ContextVar("chainkit_context_session", default=None)
+
+
 def active_session() -> CassetteSession | None:
-    """The innermost cassette in use, if any (shared by all threads of the process)."""
+    """The session answering here: this context's own (:func:`answering`), else the innermost
+    cassette in use (shared by all threads of the process), if any."""
+    own = _context_session.get()
+    if own is not None:
+        return own
     return _sessions[-1] if _sessions else None
 
 
-__all__ = ["CLIENT_RETRIED_STATUSES", "CassetteSession", "ChunkStream", "active_session", "recorded_request"]
+@contextmanager
+def answering(session: CassetteSession) -> Iterator[CassetteSession]:
+    """Let ``session`` answer the requests made in this context (and what it starts), while the
+    process-wide cassette keeps answering everywhere else. The doors must be patched in: use it
+    inside a ``use_cassette``."""
+    token = _context_session.set(session)
+    try:
+        yield session
+    finally:
+        _context_session.reset(token)
+
+
+__all__ = [
+    "CLIENT_RETRIED_STATUSES",
+    "CassetteSession",
+    "ChunkStream",
+    "active_session",
+    "answering",
+    "recorded_request",
+]
