@@ -428,14 +428,41 @@ def test_trace_per_row_with_scores_attached(project: Project) -> None:
     rows = journal_rows(project, summary.run_id)
     for row in rows:
         trace = mlflow.get_trace(row["trace_id"])
-        assessments = {a.name: a.value for a in trace.info.assessments}
-        assert assessments == row["scores"] and assessments["contains"] is True
+        scores = {a.name: a.value for a in trace.info.assessments if a.feedback is not None}
+        assert scores == row["scores"] and scores["contains"] is True
+        # The row's expectations too, as MLflow's evaluation logs them (columns in the UI).
+        expectations = {a.name: a.value for a in trace.info.assessments if a.expectation is not None}
+        assert expectations == row["expectations"] and expectations
         assert trace.info.request_metadata["mlflow.sourceRun"] == summary.run_id
         assert len(trace.data.spans) > 1  # the chain's own spans nest under the row's
     untraced = evaluate(
         project, EvalOptions(data=project.datasets_dir / "qa.jsonl", tracking_uri=store(project)), chain="qa"
     )
     assert all(row["trace_id"] is None for row in journal_rows(project, untraced.run_id))
+
+
+def test_experiment_run_name_and_dataset_input_land_where_the_mlflow_ui_shows_them(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = project.datasets_dir / "qa.jsonl"
+    named = json.loads(
+        eval_cli(project, "qa", "--experiment", "nightly", "--run-name", "before-release", "--json").stdout
+    )["runs"][0]
+    client = MlflowClient(tracking_uri=store(project))
+    run = client.get_run(named["run_id"])
+    assert run.info.run_name == "before-release"
+    assert client.get_experiment(run.info.experiment_id).name == "nightly"
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "qa.jsonl"
+    assert dataset_input.dataset.digest == file_sha256(data)[:16]
+    assert json.loads(dataset_input.dataset.source)["uri"] == str(data.resolve())
+    assert [tag.value for tag in dataset_input.tags] == ["evaluation"]
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-the-environment")
+    default = json.loads(eval_cli(project, "qa", "--json").stdout)["runs"][0]
+    run = client.get_run(default["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "from-the-environment"
+    assert re.fullmatch(r"qa-qa-\d{8}-\d{6}", run.info.run_name)  # not "eval-qa" for every run
 
 
 # ------------------------------------------- durable recordings, one retry policy, same answers

@@ -487,6 +487,13 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
 @allow_host_option
 @tracking_uri_option
 @click.option("--trace", is_flag=True, help="A trace per row (LangChain autologged), scores attached to it.")
+@click.option(
+    "--experiment",
+    default=None,
+    metavar="NAME",
+    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else chainkit).",
+)
+@click.option("--run-name", default=None, metavar="NAME", help="Default: CHAIN-DATASET-YYYYMMDD-HHMMSS.")
 @json_option
 @click.pass_obj
 @reports_errors
@@ -506,6 +513,8 @@ def eval_command(
     allow_hosts: tuple[str, ...],
     tracking_uri: str | None,
     trace: bool,
+    experiment: str | None,
+    run_name: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate CHAIN over a dataset: each row run, scored, and the results logged to MLflow."""
@@ -553,6 +562,8 @@ def eval_command(
             tracking_uri=tracking_uri,
             allow_hosts=allow_hosts,
             trace=trace,
+            experiment=experiment,
+            run_name=f"{run_name}-{label}" if run_name and len(jobs) > 1 else run_name,
             progress=not as_json and sys.stderr.isatty(),
             on_start=on_start,
         )

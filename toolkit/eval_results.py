@@ -167,7 +167,7 @@ def finish_run(
                 totals.add(result)
                 out.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
                 if result.get("trace_id"):
-                    _attach_assessments(result["trace_id"], result["scores"], result.get("judges") or {})
+                    _attach_assessments(result, result.get("judges") or {})
                 if table is not None:
                     _table_row(table, result)
         mlflow.log_artifact(str(every_row))
@@ -180,15 +180,20 @@ def finish_run(
     return metrics, cassette_sha
 
 
-def _attach_assessments(trace_id: str, scores: Mapping[str, Any], judges: Mapping[str, Any]) -> None:
-    """Each score on the row's trace, as MLflow's evaluation attaches its feedback: a judge's
-    with the judge's model as its source."""
+def _attach_assessments(result: Mapping[str, Any], judges: Mapping[str, Any]) -> None:
+    """The row's expectations and scores on its trace, as MLflow's evaluation attaches them (the
+    UI shows them as columns): a judge's score with the judge's model as its source."""
     import mlflow
     from mlflow.entities import AssessmentSource
 
+    trace_id = result["trace_id"]
     code = AssessmentSource(source_type="CODE", source_id="chainkit")
-    clean, _ = scrub(dict(scores))
-    for name, value in clean.items():
+    expectations, _ = scrub(dict(result.get("expectations") or {}))
+    dataset = AssessmentSource(source_type="HUMAN", source_id="dataset")
+    for name, value in expectations.items():
+        mlflow.log_expectation(trace_id=trace_id, name=name, value=value, source=dataset)
+    scores, _ = scrub(dict(result["scores"]))
+    for name, value in scores.items():
         model = (judges.get(name) or {}).get("model")
         source = AssessmentSource(source_type="LLM_JUDGE", source_id=model) if model else code
         mlflow.log_feedback(trace_id=trace_id, name=name, value=value, source=source)

@@ -20,8 +20,10 @@ import atexit
 import contextlib
 import hashlib
 import json
+import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -38,7 +40,7 @@ from toolkit.journal import Journal
 from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
 from toolkit.matching import replay_scope
 from toolkit.outputs import plain_output
-from toolkit.packaging import log_chain, quiet_mlflow, use_tracking
+from toolkit.packaging import EXPERIMENT, log_chain, quiet_mlflow, use_tracking
 from toolkit.progress import Progress
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
@@ -87,6 +89,10 @@ class EvalOptions:
     allow_hosts: Sequence[str] = ()
     progress: bool = False
     trace: bool = False  # a trace per row (LangChain autologged inside), scores attached
+    #: The MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "chainkit").
+    experiment: str | None = None
+    #: The run's name (default: ``<chain>-<dataset>-<time>``, one name per run).
+    run_name: str | None = None
     #: Called with the run id as soon as the run exists (the CLI prints it: a Ctrl-C or a
     #: kill later leaves the user the id that ``--resume`` needs).
     on_start: Callable[[str], None] | None = None
@@ -466,7 +472,8 @@ def evaluate(
     settings = run_settings(mode, dataset_sha, options.scorers, options.aggregations)
     started = time.perf_counter()
     with quiet_mlflow():
-        experiment_id = use_tracking(project, options.tracking_uri)
+        experiment = options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        experiment_id = use_tracking(project, options.tracking_uri, experiment)
         if options.resume == LATEST_RUN:  # `--resume` with no id: the latest unfinished one
             evaluated = f"chain {chain}" if chain is not None else str(model_uri)
             latest = latest_unfinished_run(experiment_id, evaluated, dataset_sha, options.data)
@@ -560,9 +567,31 @@ def _start_run(
     if target.model_id:
         tags["chainkit.model_id"] = target.model_id
     tags |= settings  # what a --resume of this run must match
-    run = mlflow.start_run(run_name=f"eval-{target.name}", tags=scrub(tags)[0])
+    name = options.run_name or default_run_name(target.name, options.data)
+    run = mlflow.start_run(run_name=name, tags=scrub(tags)[0])
     mlflow.log_params(scrub({"concurrency": options.concurrency, "dataset": options.data.name})[0])
+    log_dataset(mlflow, options.data, dataset_sha)
     return run
+
+
+def default_run_name(evaluated: str, data: Path) -> str:
+    """``qa-qa-20261202-111502``: what was evaluated, on which dataset, when (runs of one chain
+    on one dataset stay apart in the MLflow UI)."""
+    name = evaluated.rsplit("/", 1)[-1].replace(":", "-").replace("@", "-")
+    return f"{name}-{data.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def log_dataset(mlflow: Any, data: Path, digest: str) -> None:
+    """The dataset as the run's MLflow dataset input (name, digest, source), as
+    ``mlflow.genai.evaluate`` logs it: "Datasets" in the UI names it, not a tag alone."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(data.resolve()))
+    dataset = MetaDataset(source, name=data.name, digest=digest[:16])  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="evaluation")
 
 
 def _finish(
