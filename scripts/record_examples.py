@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from openai_server import OpenAIServer, default_responder  # noqa: E402
+from openai_server import HOP_BY_HOP, JSON_TYPE, OpenAIServer, _Answer, default_responder  # noqa: E402
 
 from toolkit.evaluation import EvalOptions, datasets_for, evaluate  # noqa: E402
 from toolkit.project import Project  # noqa: E402
@@ -40,12 +40,22 @@ INPUTS: dict[str, list[dict[str, Any]]] = {
         {"text": "Hi, I'm Ada Lovelace from Analytical Engines Ltd; write to ada@example.com."},
         {"text": "Grace Hopper here (grace@navy.example), no company to speak of."},
     ],
+    "agent": [
+        {"messages": [{"role": "user", "content": "What's the weather in Tokyo?"}]},
+        {"messages": [{"role": "user", "content": "What's the weather in Paris?"}]},
+    ],
+    "responses_agent": [{"input": [{"role": "user", "content": "What is MLflow?"}]}],
     "summarize": [
         {
             "text": "MLflow is an open-source platform to manage the machine learning lifecycle, "
             "including experimentation, reproducibility, deployment, and a central model registry."
         }
     ],
+}
+
+#: Inputs also recorded streamed (``chainkit run NAME --stream``), where streaming sends other requests.
+STREAMED: dict[str, list[dict[str, Any]]] = {
+    "responses_agent": [{"input": [{"role": "user", "content": "What is MLflow?"}]}],
 }
 
 ANSWERS = {  # the first needle found in the request wins
@@ -65,6 +75,7 @@ ANSWERS = {  # the first needle found in the request wins
     "model behind one predict interface, whatever its flavor.",
     "numbered versions. An alias": "The Model Registry keeps numbered versions of each named model, "
     "and an alias such as champion points at one version.",
+    "21\\u00b0C, sunny": "It is 21°C and sunny in Paris right now.",
     "open-source platform to manage": "MLflow is an open-source platform that manages the whole "
     "machine learning lifecycle, from experiments to a central model registry.",
 }
@@ -87,9 +98,42 @@ def responder(endpoint: str, body: dict[str, Any]) -> str:
     return default_responder(endpoint, body)
 
 
+#: Real OpenAI responses (source and licence inside each file; tests/data/openai-recorded/README.md).
+RECORDED = ROOT / "tests" / "data" / "openai-recorded"
+#: The agent's turns answered with real API bodies: (city, turn) -> file. "call": the question,
+#: answered with a real tool call; "answer": after the tool's result, a real final answer.
+AGENT_TURNS = {
+    ("Tokyo", "call"): "chat-completion-tools-0.json",  # get_weather {"location": "Tokyo"}
+    ("Paris", "call"): "chat-completion-tools-1.json",  # get_weather {"location": "Paris"}
+    ("Tokyo", "answer"): "chat-completion-0.json",
+}
+
+
+class AgentServer(OpenAIServer):
+    """The fake server, answering the agent's tool loop with real recorded OpenAI bodies: its
+    first turn gets a real tool call, its turn after the tool result a real final answer (or, for
+    a city with no recorded answer, the fake server's own answer, shaped like the real API's)."""
+
+    def _find_recorded(self, endpoint: str, body: dict[str, Any]) -> _Answer | None:
+        messages = body.get("messages") or []
+        if endpoint != "chat/completions" or not body.get("tools") or not messages:
+            return super()._find_recorded(endpoint, body)
+        turn = "answer" if messages[-1].get("role") == "tool" else "call"
+        question = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
+        city = next((c for c, _ in AGENT_TURNS if c in question), None)
+        file = AGENT_TURNS.get((city or "", turn))
+        if file is None:
+            return None
+        response = json.loads((RECORDED / file).read_text())["response"]
+        headers = {k: v for k, v in response["headers"].items() if k.lower() not in HOP_BY_HOP}
+        content_type = headers.pop("content-type", JSON_TYPE)
+        body = response["body"].encode()
+        return _Answer(response["status"], content_type, body, headers=headers, recorded=True)
+
+
 def main(only: list[str]) -> None:
     project = Project.at(ROOT)
-    with OpenAIServer(responder=responder) as server:
+    with AgentServer(responder=responder) as server:
         os.environ["CHAINKIT_RECORD_VIA"] = server.base_url.removesuffix("/v1")
         for name, inputs in INPUTS.items():
             if only and name not in only:
@@ -103,6 +147,9 @@ def main(only: list[str]) -> None:
                     record_mode="once" if chain_input is inputs[0] else "new_episodes",
                 )
                 print(f"{name}: recorded {result.recorded} -> {result.output!r}")
+            for chain_input in STREAMED.get(name, []):
+                result = run_chain(project, name, chain_input, stream=True, record_mode="new_episodes")
+                print(f"{name} (streamed): recorded {result.recorded} -> {result.output!r}")
         # Then every dataset row, so that `chainkit eval --all` runs offline.
         with tempfile.TemporaryDirectory() as store:
             for name, data in datasets_for(project).items():
@@ -114,6 +161,9 @@ def main(only: list[str]) -> None:
                 summary = evaluate(project, options, chain=name)
                 counts = f"{summary.rows} dataset rows, {summary.live_rows} recorded live"
                 print(f"{name}: {counts}, {summary.errors} errors")
+            import mlflow
+
+            mlflow.flush_trace_async_logging()  # a ResponsesAgent's traces, before the store goes
 
 
 if __name__ == "__main__":

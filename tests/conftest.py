@@ -33,6 +33,8 @@ EXAMPLES = [
     "summarize",
     "triage",
 ]
+#: The example agents (issue 10), also under chains/: a LangGraph tool agent and a ResponsesAgent.
+AGENTS = ["agent", "responses_agent"]
 CANARY_KEY = "sk-canary-0123456789abcdefghijklmnopqrstuv"
 
 

@@ -17,7 +17,7 @@ import httpx
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, ROOT, copy_project
+from conftest import AGENTS, EXAMPLES, ROOT, copy_project
 from mlflow import MlflowClient
 from openai_server import OpenAIServer
 
@@ -49,7 +49,7 @@ def logged(logged_once: tuple[Project, dict[str, LogResult]]) -> tuple[Project, 
 
 def test_every_example_chain_logs_offline_and_registers(logged: tuple[Project, dict[str, LogResult]]) -> None:
     project, results = logged
-    assert sorted(results) == EXAMPLES
+    assert sorted(results) == sorted(EXAMPLES + AGENTS)
     assert [r.error for r in results.values() if not r.ok] == []
     assert {r.status for r in results.values()} == {"logged"}
     client = MlflowClient()
@@ -249,6 +249,7 @@ def test_one_broken_chain_fails_alone(tmp_path: Path) -> None:
         "stream_story",
         "summarize",
         "triage",
+        *AGENTS,
     ):
         (project.chains_dir / f"{name}.py").unlink()
     chains = project.chains_dir
@@ -472,3 +473,126 @@ def test_a_changed_cassette_is_a_new_version(tmp_path: Path) -> None:
     assert changed.model_id != first.model_id
     model = mlflow.get_logged_model(changed.model_id)
     assert model.tags["chainkit.cassette_sha256"] == file_sha256(path)
+
+
+# ------------------------------------------------------------------------ agents (issue 10)
+
+
+def test_agent_signature_is_no_worse_than_mlflows_own(logged: tuple[Project, dict[str, LogResult]]) -> None:
+    """The LangGraph agent (its state of LangChain messages as output) logs with a full messages
+    signature: the same input schema ``mlflow.langchain.log_model`` infers on the same file and
+    example, and the messages as output (chainkit's signature step once failed on the messages)."""
+    project, results = logged
+    ours = mlflow.models.get_model_info(results["agent"].model_uri).signature
+    spec = discover(project.chains_dir).get("agent")
+    with use_cassette(project.cassette_for("agent"), "none"):
+        theirs = mlflow.langchain.log_model(
+            lc_model=str(spec.path),
+            name="plain",
+            input_example=spec.input_example,
+            pip_requirements=["mlflow"],
+        ).signature
+    assert ours.inputs.to_dict() == theirs.inputs.to_dict()
+    [messages] = ours.outputs.to_dict()
+    assert messages["name"] == "messages" and messages["type"] == "array"
+    assert {"content", "type", "tool_calls", "tool_call_id"} <= set(messages["items"]["properties"])
+
+
+def _keep_interactions(path: Path, keep: Any) -> None:
+    document = json.loads(path.read_text())
+    document["interactions"] = [i for i in document["interactions"] if keep(i["request"]["json"])]
+    path.write_text(json.dumps(document, indent=1))
+
+
+def test_an_agent_without_input_example_logs_on_its_recorded_input(tmp_path: Path) -> None:
+    """MLflow calls a ResponsesAgent that declares no example on its own default input at log
+    time. chainkit logs it with its first recorded (unstreamed) input as the example instead, so
+    a cassette recorded with `chainkit run` is enough; the input is taken from the cassette."""
+    project = copy_project(tmp_path)
+    path = project.cassette_for("responses_agent")
+    assert "Hello!" not in path.read_text()
+    _keep_interactions(path, lambda body: "load a logged model" in json.dumps(body) or body.get("stream"))
+    result = log_chains(project, ["responses_agent"], tracking_uri=store_of(project))[0]
+    assert result.status == "logged", result.error
+    example = Path(mlflow.artifacts.download_artifacts(result.model_uri)) / "input_example.json"
+    assert json.loads(example.read_text()) == {
+        "input": [{"role": "user", "content": "How do I load a logged model?"}]
+    }
+
+
+def test_an_agent_whose_log_time_calls_are_not_recorded_says_how_to_record_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only a streamed recording, nothing answers MLflow's log-time `predict` on its default
+    input: the miss says why and names the command that records it; that command works."""
+    project = copy_project(tmp_path)
+    path = project.cassette_for("responses_agent")
+    _keep_interactions(path, lambda body: body.get("stream"))
+    uri = store_of(project)
+    failed = log_chains(project, ["responses_agent"], tracking_uri=uri)[0]
+    assert failed.status == "failed"
+    assert "Hello!" in (failed.error or "")  # the miss itself: MLflow's default input
+    assert "chain responses_agent declares no INPUT_EXAMPLE, so MLflow calls it at log time on " in (
+        failed.error or ""
+    )
+    assert "`chainkit log responses_agent --record-mode new_episodes`" in (failed.error or "")
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        recorded = log_chains(project, ["responses_agent"], record_mode="new_episodes", tracking_uri=uri)[0]
+    assert recorded.status == "logged", recorded.error
+    monkeypatch.delenv("CHAINKIT_RECORD_VIA")
+    again = log_chains(project, ["responses_agent"], force=True, tracking_uri=uri)[0]
+    assert again.status == "logged", again.error
+
+
+CHAT_AGENT = '''
+"""Answers through chat completions: an MLflow ChatAgent."""
+import uuid
+
+import mlflow
+from mlflow.pyfunc import ChatAgent
+from mlflow.types.agent import ChatAgentMessage, ChatAgentResponse
+from openai import OpenAI
+
+
+class HelpAgent(ChatAgent):
+    def predict(self, messages, context=None, custom_inputs=None):
+        client = OpenAI(base_url="https://api.openai.com/v1")
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=turns)
+        text = answer.choices[0].message.content
+        message = ChatAgentMessage(role="assistant", content=text, id=str(uuid.uuid4()))
+        return ChatAgentResponse(messages=[message])
+
+
+mlflow.models.set_model(HelpAgent())
+'''
+
+
+def test_a_chat_agent_logs_with_mlflows_signature_and_its_recorded_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ChatAgent: MLflow fixes its signature (passing one is an error), and without an
+    INPUT_EXAMPLE its first recorded input is the example, as for a ResponsesAgent."""
+    from toolkit.runner import run_chain
+
+    project = Project.at(tmp_path)
+    project.chains_dir.mkdir()
+    (project.chains_dir / "help_agent.py").write_text(CHAT_AGENT)
+    asked = {"messages": [{"role": "user", "content": "What is MLflow?"}]}
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        run_chain(project, "help_agent", asked, record_mode="once")
+    monkeypatch.delenv("CHAINKIT_RECORD_VIA")
+    uri = store_of(project)
+    result = log_chains(project, ["help_agent"], tracking_uri=uri)[0]
+    assert result.status == "logged", result.error
+    example = Path(mlflow.artifacts.download_artifacts(result.model_uri)) / "input_example.json"
+    assert json.loads(example.read_text()) == asked
+    (project.chains_dir / "help_agent.py").write_text(
+        CHAT_AGENT.replace("class HelpAgent", f"INPUT_EXAMPLE = {asked!r}\n\n\nclass HelpAgent")
+    )
+    declared = log_chains(project, ["help_agent"], tracking_uri=uri)[0]
+    assert declared.status == "logged", declared.error
+    signature = mlflow.models.get_model_info(declared.model_uri).signature
+    assert [c.get("name") for c in signature.inputs.to_dict()][:2] == ["messages", "context"]

@@ -49,6 +49,8 @@ EXAMPLES = {
     "clv": ({"langchain-core", "mlflow"}, ()),
     "triage": ({"langchain-core", "mlflow"}, ()),
     "circle_area": ({"mlflow"}, ()),
+    "agent": (OPENAI_CHAIN | {"langchain"}, ()),  # langchain's create_agent; langgraph comes with it
+    "responses_agent": ({"mlflow", "openai"}, ()),
 }
 
 

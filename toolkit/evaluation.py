@@ -567,7 +567,7 @@ def _start_run(
     if target.model_id:
         tags["chainkit.model_id"] = target.model_id
     tags |= settings  # what a --resume of this run must match
-    name = options.run_name or default_run_name(target.name, options.data)
+    name = scrub(options.run_name or default_run_name(target.name, options.data))[0]
     run = mlflow.start_run(run_name=name, tags=scrub(tags)[0])
     mlflow.log_params(scrub({"concurrency": options.concurrency, "dataset": options.data.name})[0])
     log_dataset(mlflow, options.data, dataset_sha)
@@ -587,10 +587,11 @@ def log_dataset(mlflow: Any, data: Path, digest: str) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
+    path: str = scrub(str(data.resolve()))[0]  # a secret in a folder name stays out of MLflow
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(data.resolve()))
-    dataset = MetaDataset(source, name=data.name, digest=digest[:16])  # type: ignore[abstract]
+        source = resolve_dataset_source(path)
+    dataset = MetaDataset(source, name=Path(path).name, digest=digest[:16])  # type: ignore[abstract]
     mlflow.log_input(dataset, context="evaluation")
 
 

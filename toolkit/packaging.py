@@ -38,7 +38,7 @@ from typing import Any
 from toolkit import __version__
 from toolkit.cassette import Cassette, file_sha256, recorder_versions
 from toolkit.discovery import ChainSpec, Flavor, Problem, discover
-from toolkit.errors import ChainkitError, UsageError, refusal_in
+from toolkit.errors import ChainkitError, ReplayMissError, UsageError, refusal_in
 from toolkit.loading import exit_error, load_chain, on_sys_path, predict_python_model
 from toolkit.outputs import plain_output
 from toolkit.project import Project
@@ -177,18 +177,86 @@ def fingerprint(spec: ChainSpec, dependencies: Dependencies, cassette: Path, car
     return digest.hexdigest()
 
 
-def signature_for(spec: ChainSpec, chain: Any) -> Any:
-    """The signature a person would write: inferred from the example and the chain's output."""
+def agent_kind(chain: Any) -> str | None:
+    """``"responses"`` for an MLflow ResponsesAgent, ``"chat"`` for a ChatAgent or ChatModel:
+    pyfunc models whose signature MLflow fixes itself; None for anything else."""
+    from mlflow.pyfunc.model import ChatAgent, ChatModel, ResponsesAgent
+
+    if isinstance(chain, ResponsesAgent):
+        return "responses"
+    if isinstance(chain, ChatAgent | ChatModel):
+        return "chat"
+    return None
+
+
+def _request_messages(body: Any) -> list[dict[str, Any]]:
+    """The user's turns in a recorded OpenAI request: a Responses API ``input`` (a string or
+    items) or chat completions ``messages``; instructions, system and developer turns left out."""
+    if not isinstance(body, dict):
+        return []
+    items = body.get("input", body.get("messages"))
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list):
+        return []
+    return [
+        {"role": str(item["role"]), "content": item["content"]}
+        for item in items
+        if isinstance(item, dict) and item.get("role") in ("user", "assistant") and "content" in item
+    ]
+
+
+def recorded_input_example(chain: Any, cassette: Cassette) -> dict[str, Any] | None:
+    """For a pyfunc agent that declares no ``INPUT_EXAMPLE``: its own first recorded input.
+
+    MLflow calls such an agent at log time on a default input of its own (a ResponsesAgent on
+    ``Hello!``, twice), which a cassette recorded with ``chainkit run`` does not hold. The user
+    turns of the first request the cassette holds are what the agent was run on: logged as the
+    example, MLflow's log-time calls replay. None when the chain is no agent or the cassette
+    holds no unstreamed request with user turns (then ``chainkit log NAME --record-mode
+    new_episodes`` records MLflow's own calls once)."""
+    kind = agent_kind(chain)
+    if kind is None:
+        return None
+    for interaction in cassette.interactions:
+        body = interaction.request.body.get("json")
+        if isinstance(body, dict) and body.get("stream"):  # predict sends the request unstreamed
+            continue
+        messages = _request_messages(body)
+        if messages:
+            return {"input": messages} if kind == "responses" else {"messages": messages}
+    return None
+
+
+def _log_time_hint(spec: ChainSpec, example: Any) -> str:
+    """What to do when MLflow's log-time call on an agent without INPUT_EXAMPLE is not recorded."""
+    called_on = (
+        f"the first input its cassette records ({json.dumps(example)[:80]})"
+        if example is not None
+        else "MLflow's default input ({'input': [{'role': 'user', 'content': 'Hello!'}]}), twice"
+    )
+    return (
+        f"chain {spec.name} declares no INPUT_EXAMPLE, so MLflow calls it at log time on {called_on}: "
+        f"record those calls once with `chainkit log {spec.name} --record-mode new_episodes`, or "
+        f"declare INPUT_EXAMPLE in {spec.path}"
+    )
+
+
+def signature_for(spec: ChainSpec, chain: Any, input_example: Any = None) -> Any:
+    """The signature a person would write: inferred from the example and the chain's output,
+    made JSON data first (:func:`toolkit.outputs.plain_output`: a LangGraph state's messages
+    dumped, so an agent gets a full messages signature, as ``mlflow.langchain.log_model`` gives).
+
+    None (MLflow's own signature) for an agent whose signature MLflow fixes (ResponsesAgent,
+    ChatAgent, ChatModel)."""
     from mlflow.models import infer_signature
 
-    if spec.input_example is None:
+    example = spec.input_example if input_example is None else input_example
+    if example is None or agent_kind(chain) is not None:
         return None
-    if spec.flavor is Flavor.PYFUNC:
-        output = predict_python_model(chain, spec.input_example)
-    else:
-        output = chain.invoke(spec.input_example)
+    output = predict_python_model(chain, example) if spec.flavor is Flavor.PYFUNC else chain.invoke(example)
     # Plain JSON types only: langchain returns str subclasses, which MLflow's inference rejects.
-    return infer_signature(spec.input_example, plain_output(output))
+    return infer_signature(example, plain_output(output))
 
 
 def _existing_model(experiment_id: str, fingerprint_value: str) -> Any:
@@ -304,20 +372,30 @@ def log_chain(
             on_sys_path(project.chains_dir),
         ):
             chain = load_chain(spec.path, spec.model_config)
-            signature = signature_for(spec, chain)
+            example = spec.input_example
+            if example is None:
+                example = recorded_input_example(chain, recordings)
+            signature = signature_for(spec, chain, example)
             kwargs: dict[str, Any] = {
                 "name": spec.name,
-                "input_example": spec.input_example,
+                "input_example": example,
                 "signature": signature,
                 "pip_requirements": list(dependencies.requirements),
                 "code_paths": [str(path) for path in dependencies.code_paths] or None,
                 "model_config": str(spec.model_config) if spec.model_config else None,
                 "tags": scrub(tags)[0],
             }
-            if spec.flavor is Flavor.PYFUNC:
-                info = mlflow.pyfunc.log_model(python_model=str(spec.path), **kwargs)
-            else:
-                info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
+            try:
+                if spec.flavor is Flavor.PYFUNC:
+                    info = mlflow.pyfunc.log_model(python_model=str(spec.path), **kwargs)
+                else:
+                    info = mlflow.langchain.log_model(lc_model=str(spec.path), **kwargs)
+            except Exception as exc:
+                miss = refusal_in(exc)
+                if spec.input_example is None and isinstance(miss, ReplayMissError) and agent_kind(chain):
+                    hint = _log_time_hint(spec, example)
+                    raise ReplayMissError(f"{miss}\n{hint}", request=miss.request) from exc
+                raise
         # After the session above closed: the cassette now holds what logging recorded.
         _log_replay_artifacts(info.model_id, cassette_path if carry_cassette else None)
         recorded_sha = file_sha256(cassette_path) or "none"
