@@ -516,12 +516,6 @@ def _first_chunk_then_close(client_kind: str, url: str) -> bytes:
     raise AssertionError("empty stream")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: _TeeStream.close (httpx_bridge.py) skips the drain once iteration began "
-    "(live.is_stream_consumed is already True) and records only the chunks read; remove this "
-    "mark with the fix (keep the live iter_bytes()/aiter_bytes() iterator, drain it on close)",
-)
 @pytest.mark.parametrize("client_kind", ["httpx", "httpx-async", "openai"])
 def test_a_stream_closed_after_its_first_chunk_is_recorded_whole(
     tmp_path: Path, openai_server: OpenAIServer, record_via: str, client_kind: str

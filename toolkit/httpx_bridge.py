@@ -151,15 +151,20 @@ class _TeeStream(*_STREAM_BASES):  # type: ignore[misc]
 
     def __init__(self, live: Any, finish: Callable[[bytes], None]) -> None:
         self.live, self.finish, self.parts, self.done = live, finish, list[bytes](), False
+        # The live iterator, kept: httpx refuses a second one once reading began.
+        self.chunks: Iterator[bytes] | None = None
+        self.achunks: AsyncIterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.live.iter_bytes():
+        self.chunks = self.live.iter_bytes()
+        for chunk in self.chunks:
             self.parts.append(chunk)
             yield chunk
         self._finish()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.live.aiter_bytes():
+        self.achunks = self.live.aiter_bytes()
+        async for chunk in self.achunks:
             self.parts.append(chunk)
             yield chunk
         self._finish()
@@ -170,14 +175,15 @@ class _TeeStream(*_STREAM_BASES):  # type: ignore[misc]
             self.finish(b"".join(self.parts))
 
     def close(self) -> None:
-        if not self.done and not self.live.is_stream_consumed:
-            self.parts.extend(self.live.iter_bytes())
+        if not self.done:
+            self.parts.extend(self.chunks if self.chunks is not None else self.live.iter_bytes())
         self._finish()
         self.live.close()
 
     async def aclose(self) -> None:
-        if not self.done and not self.live.is_stream_consumed:
-            self.parts.extend([chunk async for chunk in self.live.aiter_bytes()])
+        if not self.done:
+            chunks = self.achunks if self.achunks is not None else self.live.aiter_bytes()
+            self.parts.extend([chunk async for chunk in chunks])
         self._finish()
         await self.live.aclose()
 
