@@ -1,11 +1,13 @@
 """Batch evaluation: a chain over a dataset, live or replayed, scored, with the results in MLflow.
 
-Built on what measures well here (DESIGN field note 10): each row calls the chain's synchronous
-``invoke`` in a worker thread (see :data:`Invoke`), scheduled by asyncio, at most
-``concurrency`` at a time (an AIMD limit that halves under 429s and climbs back), instead of
-``mlflow.genai.evaluate``, whose cost per row grows with the run. Each finished row goes to a
-SQLite journal at once; ``--resume RUN_ID`` skips those rows, so a job killed at any moment
-loses no finished row and repeats no API call for one.
+Built on what measures well here (DESIGN field note 10): each row is attempted through an
+engine (:mod:`toolkit.engines`: today threads, each attempt calling the chain's synchronous
+``invoke`` in a worker thread; :mod:`toolkit.attempt` is the picklable seam a process pool or
+Spark plugs into), scheduled by asyncio, at most ``concurrency`` at a time (an AIMD limit that
+halves under 429s and climbs back), instead of ``mlflow.genai.evaluate``, whose cost per row
+grows with the run. Retries, scoring, accounting and the journal stay here, in the parent.
+Each finished row goes to a SQLite journal at once; ``--resume RUN_ID`` skips those rows, so a
+job killed at any moment loses no finished row and repeats no API call for one.
 
 At the end, one MLflow run per chain holds: metrics ``<scorer>/<aggregation>`` (also attached
 to the evaluated LoggedModel), the per-row table (``eval_results_table.json``, the artifact
@@ -30,20 +32,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from toolkit.attempt import RowTask, described
 from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
 from toolkit.discovery import ChainSpec, Flavor, discover
-from toolkit.errors import DatasetError, UsageError, refusal_in
+from toolkit.engines import Engine, ThreadEngine
+from toolkit.errors import DatasetError, UsageError
 from toolkit.eval_results import EvalSummary, Totals, finish_run
-from toolkit.exchanges import Exchange, collect_exchanges
+from toolkit.exchanges import Exchange
 from toolkit.journal import Journal
 from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
 from toolkit.matching import replay_scope
-from toolkit.outputs import plain_output
 from toolkit.packaging import EXPERIMENT, log_chain, quiet_mlflow, use_tracking
 from toolkit.progress import Progress
 from toolkit.project import Project
-from toolkit.ratelimit import AdaptiveLimit, backoff, is_retryable, retry_after, status_of
+from toolkit.ratelimit import AdaptiveLimit, backoff
 from toolkit.redaction import redact_span, scrub
 from toolkit.replay import RecordMode, use_cassette
 from toolkit.resume import (
@@ -113,16 +116,13 @@ def cost_of(exchanges: Iterable[Exchange], prices: Mapping[str, tuple[float, flo
     return total
 
 
-def described(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 class RowRunner:
-    """Runs one row: invoke with retries under the adaptive limit, score, journal."""
+    """Runs one row: its attempts (through the engine) under the adaptive limit, with retries;
+    then scores it, accounts for it and journals it. The parent half of the engine seam."""
 
     def __init__(
         self,
-        invoke: Invoke,
+        engine: Engine,
         scorers: Sequence[Any],
         limit: AdaptiveLimit,
         journal: Journal,
@@ -131,10 +131,10 @@ class RowRunner:
         trace: bool = False,
         judges: CassetteSession | None = None,
     ) -> None:
-        self.trace = trace
+        self.engine, self.trace = engine, trace
         #: Where the LLM judges' calls are recorded and replayed (apart from the chain's).
         self.judges = judges
-        self.invoke, self.scorers, self.limit = invoke, scorers, limit
+        self.scorers, self.limit = scorers, limit
         #: An LLM judge among the scorers: rows are scored in a worker thread, not the event loop.
         self.judged = any(calls_an_llm(candidate) for candidate in scorers)
         self.journal, self.prices, self.progress = journal, prices, progress
@@ -142,64 +142,47 @@ class RowRunner:
     async def run(self, row: Row, scope: str | None = None) -> None:
         """``scope`` names the row for replay (see ``row_scopes``): its calls are matched to
         its own recordings, in its own order, whatever runs beside it."""
+        task = RowTask(row.index, row.inputs, scope or f"row-{row.index}", self.trace)
         exchanges: list[Exchange] = []
-        trace_id: str | None = None
-        output: Any = None
-        error: BaseException | None = None
-        latency = 0.0
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for number in range(1, MAX_ATTEMPTS + 1):
             async with self.limit.slot():
-                with (
-                    collect_exchanges() as made,
-                    replay_scope(scope or f"row-{row.index}"),
-                    self._span(row) as span,
-                ):
-                    started = time.perf_counter()
-                    try:
-                        output, error = plain_output(await self._call(row.inputs)), None
-                    except Exception as exc:  # a miss is the row's error, even one a client wrapped
-                        error = refusal_in(exc) or exc
-                    latency = time.perf_counter() - started
-                    if span is not None:
-                        span.set_outputs(output)
-                        trace_id = span.trace_id
-                exchanges += made
-            if error is None or not is_retryable(error) or attempt == MAX_ATTEMPTS:
+                attempt = await self.engine.attempt(task)
+            exchanges += attempt.exchanges
+            if attempt.ok or not attempt.retryable or number == MAX_ATTEMPTS:
                 break
-            pause = backoff(attempt, retry_after(error))
-            if status_of(error) == 429:
+            pause = backoff(number, attempt.retry_after)
+            if attempt.status == 429:
                 await self.limit.throttled(pause)
             await asyncio.sleep(pause)
-        if error is None:
+        if attempt.ok:
             await self.limit.succeeded()
         scores: dict[str, Any] = {}
         scorer_errors: dict[str, BaseException] = {}  # a scorer that raised: only its score is lost
         judges: dict[str, ScorerCalls] = {}  # the requests each judge made, apart from the chain's
-        if error is None:  # a judge call the cassette does not hold raises: the job stops, clearly
-            scores = await self._score(row, output, scope or f"row-{row.index}", scorer_errors, judges)
+        if attempt.ok:  # a judge call the cassette does not hold raises: the job stops, clearly
+            scores = await self._score(row, attempt.output, task.scope, scorer_errors, judges)
         prompt = sum(e.prompt_tokens for e in exchanges)
         completion = sum(e.completion_tokens for e in exchanges)
+        tracebacks = [attempt.traceback or ""]
+        tracebacks += ["".join(traceback.format_exception(exc)) for exc in scorer_errors.values()]
         result = {
             "index": row.index,
             "inputs": row.inputs,
-            "output": output,
+            "output": attempt.output,
             "expectations": row.expectations,
             "scores": scores,
-            "latency": round(latency, 6),
+            "latency": round(attempt.latency, 6),
             "token_usage": prompt + completion,
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "cost_usd": cost_of(exchanges, self.prices),
             "replayed": None if not exchanges else all(e.replayed for e in exchanges),
             "live_calls": sum(not e.replayed for e in exchanges),
-            "attempts": attempt,
-            "error": None if error is None else described(error),
+            "attempts": number,
+            "error": attempt.error,
             "scorer_errors": {name: described(exc) for name, exc in scorer_errors.items()},
-            "traceback": "".join(
-                "".join(traceback.format_exception(exc)) for exc in [error, *scorer_errors.values()] if exc
-            )
-            or None,
-            "trace_id": trace_id,
+            "traceback": "".join(tracebacks) or None,
+            "trace_id": attempt.trace_id,
         }
         if judges:
             result["judges"] = {name: self._judge_summary(calls) for name, calls in judges.items()}
@@ -237,23 +220,6 @@ class RowRunner:
             "cost_usd": cost_of(exchanges, self.prices),
             "live_calls": sum(not e.replayed for e in exchanges),
         }
-
-    async def _call(self, inputs: Any) -> Any:
-        if self.limit.ceiling == 1:
-            return self.invoke(inputs)
-        return await asyncio.to_thread(self.invoke, inputs)
-
-    @contextlib.contextmanager
-    def _span(self, row: Row) -> Iterator[Any]:
-        """A trace per row (with --trace): the chain's own spans nest under it."""
-        if not self.trace:
-            yield None
-            return
-        import mlflow
-
-        with mlflow.start_span(name=f"eval row {row.index}", span_type="CHAIN") as span:
-            span.set_inputs(row.inputs)
-            yield span
 
 
 def judges_cassette(cassette: Path) -> Path:
@@ -527,8 +493,9 @@ def evaluate(
                 _judge_session(scorers, target.cassette, options, project) as judges,
             ):
                 invoke = target.load()
+                engine = ThreadEngine(invoke, inline=limit.ceiling == 1)
                 runner = RowRunner(
-                    invoke, scorers, limit, journal, options.prices, progress, options.trace, judges
+                    engine, scorers, limit, journal, options.prices, progress, options.trace, judges
                 )
                 rows = read_rows(options.data)
                 skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
