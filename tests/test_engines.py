@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+from openai_server import OpenAIServer
+from test_evaluation import LIVE_CHAIN, _kill_after_rows, _spawn_eval, journal_rows, store, write_dataset
 
 from toolkit.attempt import RowTask
+from toolkit.cassette import Cassette
 from toolkit.engines import Engine, ThreadEngine
+from toolkit.errors import UsageError
+from toolkit.evaluation import EvalOptions, evaluate
+from toolkit.journal import Journal
+from toolkit.project import Project
 
 
 def test_the_thread_engine_attempts_in_a_worker_thread_or_inline() -> None:
@@ -31,3 +45,110 @@ def test_an_error_comes_back_as_data() -> None:
 
     attempt = asyncio.run(ThreadEngine(invoke).attempt(RowTask(0, {}, scope="row-0")))
     assert attempt.error == "KeyError: 'question'" and not attempt.retryable
+
+
+# ------------------------------------------------------------- the same answers on every engine
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    shutil.copytree(ROOT / "chains", tmp_path / "chains", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "cassettes", tmp_path / "cassettes")
+    (tmp_path / "chains" / "live.py").write_text(LIVE_CHAIN)
+    return Project.at(tmp_path)
+
+
+def per_row(project: Project, run_id: str) -> list[tuple[Any, ...]]:
+    return [
+        (row["index"], row["output"], row["scores"], row["error"], row["token_usage"], row["replayed"])
+        for row in journal_rows(project, run_id)
+    ]
+
+
+def test_threads_and_processes_give_the_same_rows_scores_and_metrics(project: Project) -> None:
+    questions = ["What is MLflow?", "What is a registered model?"] * 4  # both recorded in qa.json
+    data = write_dataset(project.root / "d.jsonl", questions, expected="MLflow")
+    runs = {
+        engine: evaluate(
+            project, EvalOptions(data=data, tracking_uri=store(project), engine=engine, workers=2), chain="qa"
+        )
+        for engine in ("threads", "processes")
+    }
+    threads, processes = runs["threads"], runs["processes"]
+    assert per_row(project, processes.run_id) == per_row(project, threads.run_id)
+    assert (processes.replayed_rows, processes.errors) == (8, 0)
+    measured = {"latency/mean"}  # wall-clock: the one figure that differs by nature
+    assert {k: v for k, v in processes.metrics.items() if k not in measured} == {
+        k: v for k, v in threads.metrics.items() if k not in measured
+    }
+
+
+def test_recordings_made_in_worker_processes_land_in_the_one_cassette(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = [f"question {n}" for n in range(10)]
+    data = write_dataset(project.root / "d.jsonl", questions, expected="Answer to")
+    with OpenAIServer() as server:
+        monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
+        recorded = evaluate(
+            project,
+            EvalOptions(
+                data=data,
+                record_mode="new_episodes",
+                tracking_uri=store(project),
+                engine="processes",
+                workers=2,
+            ),
+            chain="live",
+        )
+        asked = [r.body["messages"][-1]["content"] for r in server.requests]
+    monkeypatch.delenv("CHAINKIT_RECORD_VIA")
+    assert (recorded.live_rows, recorded.errors) == (10, 0) and recorded.tokens > 0
+    sent = {
+        i.request.body["json"]["messages"][-1]["content"] for i in Cassette.load(project.cassette_for("live"))
+    }
+    assert set(questions) <= sent  # every worker's recordings, merged
+    assert sorted(q for q in asked if q in questions) == sorted(questions)  # each row asked once
+    replayed = evaluate(
+        project,
+        EvalOptions(data=data, tracking_uri=store(project), engine="processes", workers=2),
+        chain="live",
+    )
+    assert (replayed.replayed_rows, replayed.live_rows, replayed.errors) == (10, 0, 0)
+    assert replayed.tokens == recorded.tokens  # the accounting comes back from the workers
+
+
+def test_an_unknown_engine_is_a_usage_error(project: Project) -> None:
+    data = write_dataset(project.root / "d.jsonl", ["q"])
+    with pytest.raises(UsageError, match="unknown engine 'spark': use threads, processes"):
+        evaluate(project, EvalOptions(data=data, tracking_uri=store(project), engine="spark"), chain="qa")
+
+
+def test_a_process_pool_job_killed_with_sigkill_resumes_without_redoing_a_row(project: Project) -> None:
+    """The parent journals each finished row; recordings are durable in every worker. Killed
+    mid-run (kill -9 of the parent), the job resumes on the process engine: every row exactly
+    once, no API call repeated for a finished row, and the whole dataset then replays offline."""
+    questions = [f"question {n}" for n in range(20)]
+    data = write_dataset(project.root / "d.jsonl", questions)
+    runs = project.root / ".chainkit" / "runs"
+    engine = ("--engine", "processes", "--workers", "2")
+    with OpenAIServer(latency=0.05) as server:
+        journal = _kill_after_rows(_spawn_eval(project, data, server, *engine), runs, 5)
+        run_id = journal.stem
+        finished = {row["inputs"]["question"] for row in Journal(journal).results()}
+        assert 5 <= len(finished) < len(questions)
+        sent_before = len(server.requests)
+        resumed = _spawn_eval(project, data, server, *engine, "--resume", run_id)
+        out, err = resumed.communicate(timeout=180)
+        assert resumed.returncode == 0, err.decode()
+        asked_again = [r.body["messages"][-1]["content"] for r in server.requests[sent_before:]]
+    summary = json.loads(out)["runs"][0]
+    assert summary["run_id"] == run_id and summary["rows"] == 20 and summary["skipped_rows"] == len(finished)
+    assert [row["index"] for row in journal_rows(project, run_id)] == list(range(20))
+    assert not finished & set(asked_again)
+    offline = evaluate(
+        project,
+        EvalOptions(data=data, tracking_uri=store(project), engine="processes", workers=2),
+        chain="live",
+    )
+    assert (offline.replayed_rows, offline.errors) == (20, 0)

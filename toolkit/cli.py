@@ -494,6 +494,14 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
     help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else chainkit).",
 )
 @click.option("--run-name", default=None, metavar="NAME", help="Default: CHAIN-DATASET-YYYYMMDD-HHMMSS.")
+@click.option(
+    "--engine",
+    type=click.Choice(["threads", "processes"]),
+    default="threads",
+    show_default=True,
+    help="Where rows run: threads of this process, or worker processes (all cores).",
+)
+@click.option("--workers", type=int, default=None, help="Processes for --engine processes (default: CPUs).")
 @json_option
 @click.pass_obj
 @reports_errors
@@ -515,6 +523,8 @@ def eval_command(
     trace: bool,
     experiment: str | None,
     run_name: str | None,
+    engine: str,
+    workers: int | None,
     as_json: bool,
 ) -> None:
     """Evaluate CHAIN over a dataset: each row run, scored, and the results logged to MLflow."""
@@ -564,6 +574,8 @@ def eval_command(
             trace=trace,
             experiment=experiment,
             run_name=f"{run_name}-{label}" if run_name and len(jobs) > 1 else run_name,
+            engine=engine,
+            workers=workers,
             progress=not as_json and sys.stderr.isatty(),
             on_start=on_start,
         )

@@ -36,7 +36,7 @@ from toolkit.attempt import RowTask, described
 from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
 from toolkit.discovery import ChainSpec, Flavor, discover
-from toolkit.engines import Engine, ThreadEngine
+from toolkit.engines import ENGINES, Engine, ProcessEngine, ThreadEngine, WorkerSetup
 from toolkit.errors import DatasetError, UsageError
 from toolkit.eval_results import EvalSummary, Totals, finish_run
 from toolkit.exchanges import Exchange
@@ -92,6 +92,10 @@ class EvalOptions:
     allow_hosts: Sequence[str] = ()
     progress: bool = False
     trace: bool = False  # a trace per row (LangChain autologged inside), scores attached
+    #: Where rows run: "threads" (this process) or "processes" (``workers`` of them, default:
+    #: the CPU count), see toolkit.engines.
+    engine: str = "threads"
+    workers: int | None = None
     #: The MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "chainkit").
     experiment: str | None = None
     #: The run's name (default: ``<chain>-<dataset>-<time>``, one name per run).
@@ -222,6 +226,26 @@ class RowRunner:
         }
 
 
+def _engine(
+    options: EvalOptions, target: Target, mode: RecordMode, limit: AdaptiveLimit, project: Project
+) -> Engine:
+    if options.engine == "processes":
+        import mlflow
+
+        setup = WorkerSetup(
+            load=target.load,
+            cassette=target.cassette,
+            record_mode=mode.value,
+            allow_hosts=tuple(options.allow_hosts),
+            ignore_json_paths=tuple(project.ignore_json_paths),
+            tracking_uri=mlflow.get_tracking_uri(),
+            trace=options.trace,
+            model_id=target.model_id,
+        )
+        return ProcessEngine(setup, options.workers)
+    return ThreadEngine(target.load(), inline=limit.ceiling == 1)
+
+
 def judges_cassette(cassette: Path) -> Path:
     """Where an evaluation's LLM judges' calls are kept: beside the chain's, apart from them
     (re-recording the chain keeps the verdicts; ``--record-mode once`` records a new judge)."""
@@ -250,7 +274,7 @@ def _judge_session(
 
 
 @contextlib.contextmanager
-def _tracing(enabled: bool, model_id: str | None) -> Iterator[None]:
+def tracing(enabled: bool, model_id: str | None) -> Iterator[None]:
     """Every span scrubbed before export while the job runs (a chain may trace on its own);
     with --trace: LangChain autologging on, traces linked to the evaluated model."""
     import mlflow
@@ -365,16 +389,29 @@ def _chain_target(
             model_id = log_chain(
                 project, spec, experiment_id, record_mode=record_mode, cassette=cassette
             ).model_id
-    what = f"chain {spec.name}"
+    load = ChainLoader(
+        spec.name, project.chains_dir, spec.path, spec.model_config, spec.flavor is Flavor.PYFUNC
+    )
+    return Target(spec.name, model_id, cassette, load)
 
-    def load() -> Invoke:
-        with on_sys_path(project.chains_dir):
-            chain = load_chain(spec.path, spec.model_config)
-        if spec.flavor is Flavor.PYFUNC:
+
+@dataclass(frozen=True)
+class ChainLoader:
+    """Loads a chain file and gives its invoke: picklable, so a worker process loads its own."""
+
+    name: str
+    chains_dir: Path
+    path: Path
+    model_config: Path | None
+    pyfunc: bool
+
+    def __call__(self) -> Invoke:
+        with on_sys_path(self.chains_dir):
+            chain = load_chain(self.path, self.model_config)
+        what = f"chain {self.name}"
+        if self.pyfunc:
             return guarded(lambda inputs: predict_python_model(chain, inputs), what)
         return guarded(chain.invoke, what)
-
-    return Target(spec.name, model_id, cassette, load)
 
 
 def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Target:
@@ -389,7 +426,19 @@ def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Ta
         )
     path = cassette or project.cassette_for(str(name))
 
-    def load() -> Invoke:
+    return Target(str(name or model_uri), model_id, path, ModelLoader(model_uri))
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """Loads a logged model and gives its invoke: picklable, so a worker process loads its own."""
+
+    model_uri: str
+
+    def __call__(self) -> Invoke:
+        import mlflow
+
+        model_uri = self.model_uri
         with chain_code(f"model {model_uri}: loading it"):
             model = mlflow.pyfunc.load_model(model_uri)
         if "langchain" in model.metadata.flavors:
@@ -408,8 +457,6 @@ def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Ta
 
         return guarded(predict, f"model {model_uri}")
 
-    return Target(str(name or model_uri), model_id, path, load)
-
 
 def evaluate(
     project: Project,
@@ -424,6 +471,10 @@ def evaluate(
 
     if options.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if options.engine not in ENGINES:
+        raise UsageError(f"unknown engine {options.engine!r}: use {', '.join(ENGINES)}")
+    if options.workers is not None and options.workers < 1:
+        raise UsageError("--workers must be at least 1")
     mode = RecordMode.parse(options.record_mode)
     with on_sys_path(project.root):  # `--scorer pkg.mod:fn` from the project root, as for chains
         scorers = resolve(options.scorers)
@@ -489,16 +540,18 @@ def evaluate(
                     client_retries=False,
                     ignore_json_paths=project.ignore_json_paths,
                 ),
-                _tracing(options.trace, target.model_id),
+                tracing(options.trace, target.model_id),
                 _judge_session(scorers, target.cassette, options, project) as judges,
             ):
-                invoke = target.load()
-                engine = ThreadEngine(invoke, inline=limit.ceiling == 1)
-                runner = RowRunner(
-                    engine, scorers, limit, journal, options.prices, progress, options.trace, judges
-                )
-                rows = read_rows(options.data)
-                skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
+                engine = _engine(options, target, mode, limit, project)
+                try:
+                    runner = RowRunner(
+                        engine, scorers, limit, journal, options.prices, progress, options.trace, judges
+                    )
+                    rows = read_rows(options.data)
+                    skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
+                finally:
+                    engine.close()  # the workers' recordings are saved before the run is finished
             progress.finish()
             summary = _finish(mlflow, journal, target, run_id, aggregates, options, skipped, limit, started)
             status = "FINISHED"
