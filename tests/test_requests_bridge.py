@@ -170,3 +170,19 @@ def test_in_mode_none_an_unanswered_request_never_reaches_a_socket(tmp_path: Pat
         requests.get("https://example.com/data.json")
     assert not isinstance(raised.value, NetworkBlockedError)
     assert "GET https://example.com/data.json" in str(raised.value)
+
+
+def test_mlflow_s_usage_telemetry_is_never_recorded(
+    tmp_path: Path, record_via: str, tracking_server: str
+) -> None:
+    """Code of mlflow.telemetry (here: a function compiled as that module) sends past the door:
+    live in record modes and not kept; refused by the network guard, not the cassette, in none."""
+    namespace: dict[str, Any] = {"__name__": "mlflow.telemetry.client", "requests": requests}
+    exec("def send(url):\n    return requests.get(url, timeout=5).json()\n", namespace)
+    path = tmp_path / "c.json"
+    with use_cassette(path, "once", record_via=record_via):
+        assert namespace["send"](f"{tracking_server}/telemetry") == {"path": "/telemetry"}
+        ask("hello")  # the chain's call is recorded as usual
+    assert [i.request.url for i in Cassette.load(path)] == [CHAT]
+    with use_cassette(path, "none"), pytest.raises(NetworkBlockedError):
+        namespace["send"](f"{tracking_server}/telemetry")
