@@ -42,7 +42,7 @@ def test_nested_objects_become_json_data_not_python_reprs() -> None:
 
 
 def test_run_eval_and_log_share_it() -> None:
-    from toolkit import evaluation, packaging, runner
+    from toolkit import attempt, packaging, runner
 
-    for module in (evaluation, packaging, runner):
+    for module in (attempt, packaging, runner):  # attempt: where an evaluation row's output is made
         assert module.plain_output is plain_output, module.__name__
