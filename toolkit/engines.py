@@ -10,16 +10,18 @@ every engine. Spark or the Batch API is another class with these two methods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import multiprocessing
 import multiprocessing.util
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from toolkit.attempt import Attempt, Invoke, RowTask, attempt_row
 
@@ -73,34 +75,100 @@ class ProcessEngine:
     """Rows attempted across worker processes (a fresh interpreter each, ``spawn``): all cores,
     no GIL shared. Each worker loads the chain once and replays (or records) through its own
     session on the job's cassette; recordings from every worker merge into that one cassette,
-    durable as they are made. Each worker attempts one row at a time, so at most ``workers`` rows
-    are in flight; the job's one rate limit stays in the parent, which hands out the rows."""
+    durable as they are made. A worker runs several attempts at once in threads (a live chain
+    mostly waits), so ``concurrency`` rows can be in flight on ``workers`` processes; the job's
+    one rate limit stays in the parent, which hands out the rows to the least busy worker."""
 
     name = "processes"
 
-    def __init__(self, setup: WorkerSetup, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
-        self.pool = ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(setup,),
-        )
+    def __init__(self, setup: WorkerSetup, workers: int | None = None, threads: int = 1) -> None:
+        context = multiprocessing.get_context("spawn")
+        count = workers or os.cpu_count() or 1
+        self.workers = [_Worker(context, setup, max(1, -(-threads // count))) for _ in range(count)]
 
     async def attempt(self, task: RowTask) -> Attempt:
-        return await asyncio.wrap_future(self.pool.submit(_attempt, task))
+        worker = min(self.workers, key=lambda w: len(w.pending))
+        return await asyncio.wrap_future(worker.submit(task))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            worker.join()
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe: tasks out, attempts back (by id)."""
+
+    def __init__(self, context: Any, setup: WorkerSetup, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, setup, threads), name="chainkit-worker")
+        self.process.start()
+        child.close()
+        self.pending: dict[int, Future[Attempt]] = {}
+        self.lock = threading.Lock()
+        self.ids = itertools.count()
+        self.reader = threading.Thread(target=self._read, name="chainkit-worker-reader", daemon=True)
+        self.reader.start()
+
+    def submit(self, task: RowTask) -> Future[Attempt]:
+        future: Future[Attempt] = Future()
+        with self.lock:
+            number = next(self.ids)
+            self.pending[number] = future
+            self.conn.send((number, task))
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                number, attempt = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self.lock:
+                future = self.pending.pop(number)
+            future.set_result(attempt)
+        with self.lock:  # the worker is gone: what it still owed fails, clearly
+            owed, self.pending = list(self.pending.values()), {}
+        for future in owed:
+            future.set_exception(RuntimeError(f"worker process {self.process.pid} ended with rows in flight"))
+
+    def stop(self) -> None:
+        with self.lock, contextlib.suppress(OSError):
+            self.conn.send(None)
+
+    def join(self) -> None:
+        self.process.join()
+        self.reader.join(timeout=5)
+        self.conn.close()
 
 
 # ------------------------------------------------------------------ in each worker process
 
-_invoke: Invoke | None = None
+
+def _serve(conn: Any, setup: WorkerSetup, threads: int) -> None:
+    """A worker's life: start, then attempt each task received in one of ``threads`` threads and
+    send the attempt back; on ``None`` (or the parent gone), save the session and leave."""
+    invoke = _start_worker(setup)
+    sending = threading.Lock()
+
+    def run(number: int, task: RowTask) -> None:
+        attempt = attempt_row(invoke, task)
+        with sending:
+            conn.send((number, attempt))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="chainkit-attempt") as pool:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            pool.submit(run, *message)
 
 
-def _start_worker(setup: WorkerSetup) -> None:
-    global _invoke
+def _start_worker(setup: WorkerSetup) -> Invoke:
     import mlflow
 
     from toolkit.evaluation import tracing
@@ -124,7 +192,7 @@ def _start_worker(setup: WorkerSetup) -> None:
 
     multiprocessing.util.Finalize(None, close, exitpriority=10)
     _leave_with_the_parent()
-    _invoke = setup.load()
+    return setup.load()
 
 
 def _leave_with_the_parent() -> None:
@@ -139,11 +207,6 @@ def _leave_with_the_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="chainkit-parent-watch", daemon=True).start()
-
-
-def _attempt(task: RowTask) -> Attempt:
-    assert _invoke is not None, "the worker was not started"
-    return attempt_row(_invoke, task)
 
 
 __all__ = ["ENGINES", "Engine", "ProcessEngine", "ThreadEngine", "WorkerSetup"]

@@ -242,7 +242,7 @@ def _engine(
             trace=options.trace,
             model_id=target.model_id,
         )
-        return ProcessEngine(setup, options.workers)
+        return ProcessEngine(setup, options.workers, threads=options.concurrency)
     return ThreadEngine(target.load(), inline=limit.ceiling == 1)
 
 
