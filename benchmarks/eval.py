@@ -4,7 +4,8 @@ Usage: .venv/bin/python benchmarks/eval.py [--quick] [--check]  (exit 1 only wit
 A temporary project (chains/bench.py: ChatPromptTemplate | ChatOpenAI | StrOutputParser, cassettes/,
 a sqlite MLflow store); tests/openai_server.py answers from its own process (no GIL shared).
  (a) live, 100 ms per call, concurrency 40, record mode all: row phase (run_rows, wrapped and timed)
-     / ideal (rows x 0.1 s / 40); beside it the totals, the bare chain.batch floor, and
+     / ideal (rows x 0.1 s / 40), with threads and with --engine processes (the row phase there
+     includes starting the workers); beside it the totals, the bare chain.batch floor, and
      mlflow.genai.evaluate (40 workers, in a subprocess; 200 rows if 400 take over 4 minutes);
  (b) replay at concurrency 1, mode none: row phase per row / chain.invoke under use_cassette;
  (c) memory: peak RSS of a replay evaluation, a fresh subprocess per dataset size.
@@ -94,7 +95,9 @@ def recording_server(latency: float) -> Iterator[str]:
         proc.wait()
 
 
-def evaluate(folder: Path, data: Path, concurrency: int, mode: str) -> tuple[Any, float, float]:
+def evaluate(
+    folder: Path, data: Path, concurrency: int, mode: str, engine: str = "threads"
+) -> tuple[Any, float, float]:
     """One toolkit evaluation: (summary, row-phase wall s, row-phase CPU s); run_rows is wrapped."""
     timed: list[tuple[float, float]] = []
     original = evaluation.run_rows
@@ -113,6 +116,7 @@ def evaluate(folder: Path, data: Path, concurrency: int, mode: str) -> tuple[Any
             concurrency=concurrency,
             record_mode=mode,
             tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+            engine=engine,
         )
         summary = evaluation.evaluate(Project.at(folder), options, chain="bench")
     finally:
@@ -207,8 +211,12 @@ def live(tmp: Path, rows: int) -> bool:
         setup = one.seconds - one_rows  # a warm run's total less its row phase
         summary, wall, _ = evaluate(folder, full, CONCURRENCY, "all")
         assert summary.live_rows == rows
+        processes, processes_wall, _ = evaluate(folder, full, CONCURRENCY, "all", engine="processes")
+        assert processes.live_rows == rows
+        workers = os.cpu_count() or 1
         lines: list[tuple[str, float, float]] = [  # label, wall seconds, ideal seconds
             ("chainkit row phase (run_rows)", wall, ideal),
+            (f"chainkit row phase, --engine processes ({workers} workers)", processes_wall, ideal),
             ("chainkit evaluate() total (EvalSummary.seconds)", summary.seconds, ideal),
             (f"chainkit total - setup of a warm 1-row run ({setup:.2f} s)", summary.seconds - setup, ideal),
             (f"floor: bare chain.batch, {CONCURRENCY} threads", batch_floor(folder, rows, via), ideal),
