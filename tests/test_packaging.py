@@ -540,6 +540,11 @@ def test_an_agent_whose_log_time_calls_are_not_recorded_says_how_to_record_them(
         monkeypatch.setenv("CHAINKIT_RECORD_VIA", server.base_url.removesuffix("/v1"))
         recorded = log_chains(project, ["responses_agent"], record_mode="new_episodes", tracking_uri=uri)[0]
     assert recorded.status == "logged", recorded.error
+    # MLflow called it twice on its default input: recorded once, replayed the second time.
+    assert [i.request.body["json"]["input"][0]["content"] for i in Cassette.load(path).interactions] == [
+        "What is MLflow?",
+        "Hello!",
+    ]
     monkeypatch.delenv("CHAINKIT_RECORD_VIA")
     again = log_chains(project, ["responses_agent"], force=True, tracking_uri=uri)[0]
     assert again.status == "logged", again.error
@@ -596,3 +601,24 @@ def test_a_chat_agent_logs_with_mlflows_signature_and_its_recorded_input(
     assert declared.status == "logged", declared.error
     signature = mlflow.models.get_model_info(declared.model_uri).signature
     assert [c.get("name") for c in signature.inputs.to_dict()][:2] == ["messages", "context"]
+
+
+def test_new_episodes_replays_what_it_recorded_earlier_in_the_session(tmp_path: Path) -> None:
+    """On an existing cassette, an identical later call in the same `new_episodes` session
+    replays the first one's recording (MLflow calls an agent twice at log time): one request
+    sent, one recorded. (A missing cassette still records every call: tests/test_replay.py.)"""
+    import openai
+
+    path = tmp_path / "cassette.json"
+    shutil.copy(ROOT / "cassettes" / "qa.json", path)
+    before = len(Cassette.load(path).interactions)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
+    with (
+        OpenAIServer() as server,
+        use_cassette(path, "new_episodes", record_via=server.base_url.removesuffix("/v1")) as session,
+    ):
+        client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-test", max_retries=0)
+        answers = [client.chat.completions.create(**body).choices[0].message.content for _ in range(3)]
+        assert len(server.requests) == 1
+    assert answers == [answers[0]] * 3 and session.replayed == 2
+    assert len(Cassette.load(path).interactions) == before + 1

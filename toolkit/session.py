@@ -153,6 +153,11 @@ class CassetteSession:
         self.index = InteractionIndex(self._matched(self.cassette.interactions) if self.replays else ())
         self.used: set[int] = set()
         self.new: list[Interaction] = []
+        #: new_episodes on an existing cassette: what this session recorded, by (scope, key): an
+        #: identical later call replays it instead of being sent and recorded again. (A missing
+        #: cassette records everything: the n-th identical call gets the n-th recording.)
+        self._recorded_now: dict[tuple[str | None, str], Interaction] = {}
+        self._replays_new = mode is RecordMode.NEW_EPISODES and exists
         self.replayed = 0
         self._lock = threading.Lock()
         self.router = self._build_router()
@@ -173,11 +178,24 @@ class CassetteSession:
         key = request_key(ignoring(sent, self._ignored) if self._ignored else sent)
         position = self.index.take(key) if self.replays else None
         if position is None:
-            raise _UnrecordedError(sent)
+            return self._answer_recorded_now(request, sent, key)
         with self._lock:
             self.used.add(position)
             self.replayed += 1
         interaction = self.cassette.interactions[position]
+        return self._replayed(request, interaction)
+
+    def _answer_recorded_now(self, request: httpx.Request, sent: RecordedRequest, key: str) -> httpx.Response:
+        """An identical request this session recorded earlier, replayed; else unrecorded."""
+        scope = current_scope()
+        interaction = self._recorded_now.get((scope.name if scope else None, key))
+        if interaction is None:
+            raise _UnrecordedError(sent)
+        with self._lock:
+            self.replayed += 1
+        return self._replayed(request, interaction)
+
+    def _replayed(self, request: httpx.Request, interaction: Interaction) -> httpx.Response:
         note_exchange(interaction, replayed=True)
         response = interaction.response
         # The body is built at each call, not kept per recording: a cache would make a call
@@ -193,7 +211,13 @@ class CassetteSession:
         return [dataclasses.replace(i, request=ignoring(i.request, self._ignored)) for i in interactions]
 
     def _unrecorded(self, request: httpx.Request) -> httpx.Response:
-        raise _UnrecordedError(recorded_request(request))
+        sent = recorded_request(request)
+        if not self._recorded_now:
+            raise _UnrecordedError(sent)
+        return self._answer_recorded_now(request, sent, self._key(sent))
+
+    def _key(self, sent: RecordedRequest) -> str:
+        return request_key(ignoring(sent, self._ignored) if self._ignored else sent)
 
     # Recording ------------------------------------------------------------------------------
 
@@ -209,6 +233,8 @@ class CassetteSession:
             self.log.append(interaction)
         with self._lock:
             self.new.append(interaction)
+            if self._replays_new:
+                self._recorded_now[(interaction.scope, self._key(interaction.request))] = interaction
 
     def miss(self, sent: RecordedRequest) -> ReplayMissError:
         if not self.cassette.exists:
