@@ -13,6 +13,12 @@ echo "== stream_story (streamed)"
 $ck run stream_story --input '{"topic": "a robot learning to paint"}' --stream
 echo "== summarize (Responses API)"
 $ck run summarize --input '{"text": "MLflow is an open-source platform to manage the machine learning lifecycle, including experimentation, reproducibility, deployment, and a central model registry."}'
+echo "== agent (a LangGraph tool loop: tool call, tool result, answer)"
+agent_input='{"messages": [{"role": "user", "content": "What'"'"'s the weather in Paris?"}]}'
+$ck run agent --input "$agent_input" --json \
+  | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["output"]["messages"][-1]["content"])'
+echo "== responses_agent (an MLflow ResponsesAgent, streamed)"
+$ck run responses_agent --input '{"input": [{"role": "user", "content": "What is MLflow?"}]}' --stream
 echo
 echo "== log every example chain to MLflow (offline; the embedded store ./mlflow.db)"
 $ck log --register --alias candidate
