@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,12 @@ def recording_server(latency: float) -> Iterator[str]:
 
 
 def evaluate(
-    folder: Path, data: Path, concurrency: int, mode: str, engine: str = "threads"
+    folder: Path,
+    data: Path,
+    concurrency: int,
+    mode: str,
+    engine: str = "threads",
+    scorers: Sequence[str] = (),
 ) -> tuple[Any, float, float]:
     """One toolkit evaluation: (summary, row-phase wall s, row-phase CPU s); run_rows is wrapped."""
     timed: list[tuple[float, float]] = []
@@ -117,11 +122,12 @@ def evaluate(
             record_mode=mode,
             tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
             engine=engine,
+            scorers=scorers,
         )
         summary = evaluation.evaluate(Project.at(folder), options, chain="bench")
     finally:
         evaluation.run_rows = original
-    assert summary.errors == 0, f"{summary.errors} rows failed"
+    assert summary.errors == 0 and summary.scorer_errors == 0, summary.failures
     return summary, *timed[0]
 
 

@@ -31,11 +31,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import eval as eval_bench  # noqa: E402 - benchmarks/eval.py, beside this script
 from openai_server import OpenAIServer, default_responder  # noqa: E402
 
-from toolkit import evaluation, use_cassette  # noqa: E402
+from toolkit import use_cassette  # noqa: E402
 from toolkit.loading import load_chain  # noqa: E402
-from toolkit.project import Project  # noqa: E402
 
 TARGET = 1.2
 BENCH_CHAIN = """import mlflow
@@ -61,33 +61,9 @@ def question(i: int) -> str:
 
 
 def evaluate(folder: Path, data: Path, scorers: list[str], mode: str = "none") -> tuple[float, float]:
-    """(wall, CPU) seconds per row of evaluate's row phase (run_rows, wrapped and timed)."""
-    timed: list[tuple[float, float]] = []
-    original = evaluation.run_rows
-
-    async def run_rows(*args: Any, **kwargs: Any) -> int:
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            return await original(*args, **kwargs)
-        finally:
-            timed.append((time.perf_counter() - wall, time.process_time() - cpu))
-
-    evaluation.run_rows = run_rows
-    try:
-        options = evaluation.EvalOptions(
-            data=data,
-            concurrency=1,
-            record_mode=mode,
-            scorers=scorers,
-            tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-            progress=False,
-        )
-        summary = evaluation.evaluate(Project.at(folder), options, chain="bench")
-    finally:
-        evaluation.run_rows = original
-    assert summary.errors == 0 and summary.scorer_errors == 0, summary.failures
-    rows = summary.rows
-    return timed[0][0] / rows, timed[0][1] / rows
+    """(wall, CPU) seconds per row of evaluate's row phase, at concurrency 1 (benchmarks/eval.py's)."""
+    summary, wall, cpu = eval_bench.evaluate(folder, data, 1, mode, scorers=scorers)
+    return wall / summary.rows, cpu / summary.rows
 
 
 def invoke_replay(folder: Path, count: int) -> tuple[float, float]:
