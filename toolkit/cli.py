@@ -462,7 +462,7 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
     "scorers",
     multiple=True,
     metavar="SPEC",
-    help="module:function, or an MLflow judge's name (live only). Repeatable.",
+    help="module:function, or an MLflow judge's name (recorded in cassettes/CHAIN.judges.json). Repeatable.",
 )
 @click.option(
     "--aggregate",
