@@ -78,6 +78,7 @@ def test_the_row_span_is_opened_where_the_row_runs(trace: bool, tmp_path: Path) 
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("attempts")  # not an experiment id left by an earlier test's store
     attempt = attempt_qa_replayed(RowTask(0, QA_INPUTS, scope="row-0", trace=trace))
     assert (attempt.trace_id is not None) is trace
     if trace:

@@ -26,8 +26,7 @@ import httpx
 from toolkit.cassette import Interaction, RecordedRequest
 from toolkit.network import is_mlflow_server
 from toolkit.redaction import kept_response_headers
-from toolkit.requests_bridge import live_response
-from toolkit.session import CassetteSession, active_session
+from toolkit.session import CassetteSession, active_session, live_response
 
 Handler = Callable[[Any], Awaitable[Any]]
 

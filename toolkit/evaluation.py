@@ -139,8 +139,6 @@ class RowRunner:
         #: Where the LLM judges' calls are recorded and replayed (apart from the chain's).
         self.judges = judges
         self.scorers, self.limit = scorers, limit
-        #: An LLM judge among the scorers: rows are scored in a worker thread, not the event loop.
-        self.judged = any(calls_an_llm(candidate) for candidate in scorers)
         self.journal, self.prices, self.progress = journal, prices, progress
 
     async def run(self, row: Row, scope: str | None = None) -> None:
@@ -210,7 +208,7 @@ class RowRunner:
             ):
                 return score(self.scorers, row.inputs, output, row.expectations, errors=errors, calls=judges)
 
-        if not self.judged or self.limit.ceiling == 1:
+        if self.judges is None or self.limit.ceiling == 1:  # no LLM judge: no thread hop
             return run()
         return await asyncio.to_thread(run)
 

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from toolkit.cassette import Interaction, RecordedRequest, RecordedResponse, encode_body, parse_events
+from toolkit.cassette import Interaction, RecordedRequest, RecordedResponse
 from toolkit.redaction import kept_response_headers
-from toolkit.session import _STREAM_BASES, CassetteSession, ChunkStream, active_session
+from toolkit.session import _STREAM_BASES, CassetteSession, ChunkStream, active_session, live_response
 
 try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
     import httpx2
@@ -43,7 +43,7 @@ def handle(session: CassetteSession, request: Any, send: Callable[[Any], Any]) -
     live = send(_upstream(session, request))
     if _is_event_stream(live):
         return _tee(session, module, live, found)
-    interaction = Interaction(found, _recorded_response(live, live.read()))
+    interaction = Interaction(found, live_response(live.status_code, live.headers, live.read()))
     live.close()
     session.commit(interaction)
     return _to_client(session, module, interaction.response)
@@ -59,7 +59,7 @@ async def ahandle(session: CassetteSession, request: Any, send: Callable[[Any], 
     live = await send(_upstream(session, request))
     if _is_event_stream(live):
         return _tee(session, module, live, found)
-    interaction = Interaction(found, _recorded_response(live, await live.aread()))
+    interaction = Interaction(found, live_response(live.status_code, live.headers, await live.aread()))
     await live.aclose()
     session.commit(interaction)
     return _to_client(session, module, interaction.response)
@@ -89,18 +89,12 @@ def _tee(session: CassetteSession, module: ModuleType, live: Any, sent: Recorded
     """Pass a live stream through as it arrives; record its events once it has ended."""
 
     def finish(body: bytes) -> None:
-        response = _recorded_response(live, b"")
-        events = tuple(parse_events(body.decode("utf-8", errors="replace")))
-        session.commit(Interaction(sent, RecordedResponse(response.status, response.headers, events=events)))
+        session.commit(Interaction(sent, live_response(live.status_code, live.headers, body, streamed=True)))
 
     headers = kept_response_headers(live.headers)
     if session.no_client_retry(live.status_code):
         headers["x-should-retry"] = "false"
     return module.Response(live.status_code, headers=headers, stream=_TeeStream(live, finish))
-
-
-def _recorded_response(live: Any, content: bytes) -> RecordedResponse:
-    return RecordedResponse(live.status_code, kept_response_headers(live.headers), encode_body(content))
 
 
 def _is_event_stream(response: Any) -> bool:

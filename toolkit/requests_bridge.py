@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from toolkit.cassette import Interaction, RecordedRequest, RecordedResponse, encode_body, parse_events
+from toolkit.cassette import Interaction, RecordedRequest
 from toolkit.network import is_mlflow_server
 from toolkit.redaction import kept_response_headers
-from toolkit.session import CassetteSession, active_session
+from toolkit.session import CassetteSession, active_session, live_response
 
 
 def handle(
@@ -56,14 +56,6 @@ def _mlflow_telemetry() -> bool:
     while frame is not None and frame.f_globals.get("__name__", "").startswith(("requests.", __name__)):
         frame = frame.f_back  # type: ignore[assignment]
     return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("mlflow.telemetry.")
-
-
-def live_response(status: int, headers: Any, content: bytes, *, streamed: bool = False) -> RecordedResponse:
-    """What a live answer is recorded as: the kept headers, the body parsed (a stream: its events)."""
-    kept = kept_response_headers(headers)
-    if streamed:
-        return RecordedResponse(status, kept, events=tuple(parse_events(content.decode("utf-8", "replace"))))
-    return RecordedResponse(status, kept, encode_body(content))
 
 
 def _body(request: Any) -> bytes:

@@ -29,8 +29,10 @@ from toolkit.cassette import (
     Cassette,
     Interaction,
     RecordedRequest,
+    RecordedResponse,
     add_usage,
     encode_body,
+    parse_events,
     recorder_versions,
 )
 from toolkit.errors import ReplayMissError, UsageError
@@ -46,7 +48,7 @@ from toolkit.matching import (
 )
 from toolkit.record_mode import RECORD_ERRORS_VARIABLE, RECORD_VIA_VARIABLE, RecordMode
 from toolkit.recording_log import RecordingLog, folder_lock, merge, open_cassette
-from toolkit.redaction import redact_url
+from toolkit.redaction import kept_response_headers, redact_url
 
 try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
     import httpx2
@@ -175,7 +177,7 @@ class CassetteSession:
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
         sent = recorded_request(request)
-        key = request_key(ignoring(sent, self._ignored) if self._ignored else sent)
+        key = self._key(sent)
         position = self.index.take(key) if self.replays else None
         if position is None:
             return self._answer_recorded_now(request, sent, key)
@@ -325,6 +327,15 @@ class CassetteSession:
             raise
 
 
+def live_response(status: int, headers: Any, content: bytes, *, streamed: bool = False) -> RecordedResponse:
+    """What a live answer is recorded as, by every door: the kept headers, the body parsed (a
+    stream: its events)."""
+    kept = kept_response_headers(headers)
+    if streamed:
+        return RecordedResponse(status, kept, events=tuple(parse_events(content.decode("utf-8", "replace"))))
+    return RecordedResponse(status, kept, encode_body(content))
+
+
 def recorded_request(request: httpx.Request) -> RecordedRequest:
     return RecordedRequest(request.method, _redacted(str(request.url)), encode_body(request.content))
 
@@ -390,5 +401,6 @@ __all__ = [
     "ChunkStream",
     "active_session",
     "answering",
+    "live_response",
     "recorded_request",
 ]
