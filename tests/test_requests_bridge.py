@@ -46,6 +46,24 @@ def test_a_json_call_records_once_and_replays_offline(
     assert CANARY_KEY not in path.read_text()
 
 
+def test_a_replayed_body_reads_like_a_live_one_every_way(tmp_path: Path, record_via: str) -> None:
+    """A body in one piece is built without urllib3: every way requests' users read a response
+    must still give the recorded bytes (whole, streamed, raw) and the recorded headers."""
+    path = tmp_path / "c.json"
+    with use_cassette(path, "once", record_via=record_via):
+        live = ask("hello")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "stream": False}
+    with use_cassette(path, "none"):
+        whole = ask("hello")
+        streamed = requests.post(CHAT, json=body, stream=True)  # read as it comes, same request
+        raw = requests.post(CHAT, json=body, stream=True).raw.read()
+    assert whole.content == streamed.content == b"".join(streamed.iter_content(7)) == raw == live.content
+    assert whole.headers["Content-Type"] == live.headers["content-type"]
+    assert whole.encoding == live.encoding and whole.url == CHAT
+    assert whole.request is not None and whole.request.url == CHAT
+    streamed.close()  # closing a replayed response is harmless
+
+
 def test_a_stream_records_its_events_and_replays_them_one_by_one(tmp_path: Path, record_via: str) -> None:
     path = tmp_path / "c.json"
     with use_cassette(path, "once", record_via=record_via):
