@@ -59,8 +59,6 @@ STREAMED: dict[str, list[dict[str, Any]]] = {
 }
 
 ANSWERS = {  # the first needle found in the request wins
-    "fun and interesting": " MLflow is like a lab notebook that never loses a page: it remembers "
-    "every experiment, every model, and which one you shipped!",
     "What is MLflow?": "MLflow is an open-source platform for managing the machine learning "
     "lifecycle. It tracks experiments, packages models, and serves them through a registry.",
     "What is a registered model?": "A registered model is a named entry in the MLflow Model "
@@ -108,32 +106,42 @@ AGENT_TURNS = {
     ("Tokyo", "answer"): "chat-completion-0.json",
 }
 
+#: The legacy completions endpoint (chat_as_code) answered with real API bodies, by stream flag.
+COMPLETIONS = {False: "completions-0.json", True: "completions-stream-0.json"}
 
-class AgentServer(OpenAIServer):
-    """The fake server, answering the agent's tool loop with real recorded OpenAI bodies: its
-    first turn gets a real tool call, its turn after the tool result a real final answer (or, for
-    a city with no recorded answer, the fake server's own answer, shaped like the real API's)."""
+
+class ExampleServer(OpenAIServer):
+    """The fake server, answering with real recorded OpenAI bodies where the repository has one:
+    the agent's tool loop (its first turn gets a real tool call, its turn after the tool result a
+    real final answer, or, for a city with no recorded answer, the fake server's own answer,
+    shaped like the real API's) and every legacy completion (chat_as_code)."""
 
     def _find_recorded(self, endpoint: str, body: dict[str, Any]) -> _Answer | None:
         messages = body.get("messages") or []
-        if endpoint != "chat/completions" or not body.get("tools") or not messages:
+        if endpoint == "completions":
+            file: str | None = COMPLETIONS[bool(body.get("stream"))]
+        elif endpoint != "chat/completions" or not body.get("tools") or not messages:
             return super()._find_recorded(endpoint, body)
-        turn = "answer" if messages[-1].get("role") == "tool" else "call"
-        question = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
-        city = next((c for c, _ in AGENT_TURNS if c in question), None)
-        file = AGENT_TURNS.get((city or "", turn))
+        else:
+            turn = "answer" if messages[-1].get("role") == "tool" else "call"
+            question = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
+            city = next((c for c, _ in AGENT_TURNS if c in question), None)
+            file = AGENT_TURNS.get((city or "", turn))
         if file is None:
             return None
         response = json.loads((RECORDED / file).read_text())["response"]
         headers = {k: v for k, v in response["headers"].items() if k.lower() not in HOP_BY_HOP}
         content_type = headers.pop("content-type", JSON_TYPE)
-        body = response["body"].encode()
-        return _Answer(response["status"], content_type, body, headers=headers, recorded=True)
+        data = response["body"].encode()
+        if body.get("stream"):  # served event by event, as the API sent them
+            events = [event + b"\n\n" for event in data.split(b"\n\n") if event]
+            return _Answer(response["status"], content_type, events=events, headers=headers, recorded=True)
+        return _Answer(response["status"], content_type, data, headers=headers, recorded=True)
 
 
 def main(only: list[str]) -> None:
     project = Project.at(ROOT)
-    with AgentServer(responder=responder) as server:
+    with ExampleServer(responder=responder) as server:
         os.environ["CHAINKIT_RECORD_VIA"] = server.base_url.removesuffix("/v1")
         for name, inputs in INPUTS.items():
             if only and name not in only:

@@ -35,7 +35,11 @@ def test_recorded_responses_live_in_the_repository_with_source_and_licence() -> 
         assert recorded["source"] == entry["source"]
         assert recorded["license"] in ("MIT", "Apache-2.0")
     licences = {p.name for p in RECORDED.glob("LICENSE-*")}
-    assert licences == {"LICENSE-crewAI-MIT", "LICENSE-simonw-llm-Apache-2.0"}
+    assert licences == {
+        "LICENSE-crewAI-MIT",
+        "LICENSE-simonw-llm-Apache-2.0",
+        "LICENSE-dd-trace-java-Apache-2.0",
+    }
 
 
 def test_no_code_reads_outside_the_repository() -> None:

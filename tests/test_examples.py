@@ -63,6 +63,17 @@ def test_summarize_uses_the_responses_api(chain_runner: Callable[[str], Any]) ->
     assert chain_runner("summarize").invoke({"text": text}) == recorded_answer("summarize")
 
 
+def test_chat_as_code_replays_a_real_legacy_completion(chain_runner: Callable[[str], Any]) -> None:
+    """MLflow's chain_as_code example (/v1/completions): its cassette holds a real API answer
+    (tests/data/openai-recorded/completions-0.json), and the chain returns that answer's text."""
+    real = json.loads(json.loads((RECORDED / "completions-0.json").read_text())["response"]["body"])
+    chat = {"messages": [{"role": "user", "content": "What is MLflow?"}]}
+    assert chain_runner("chat_as_code").invoke(chat) == real["choices"][0]["text"]
+    recorded = Cassette.load(ROOT / "cassettes" / "chat_as_code.json").interactions[0]
+    assert recorded.request.url == "https://api.openai.com/v1/completions"
+    assert recorded.response.body["json"]["id"] == real["id"]
+
+
 # ------------------------------------------------------------------------------ the agents
 
 TOKYO = {"messages": [{"role": "user", "content": "What's the weather in Tokyo?"}]}

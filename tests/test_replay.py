@@ -278,6 +278,8 @@ def test_plain_httpx_clients_sync_and_async(tmp_path: Path, openai_server: OpenA
         "responses-0.json",
         "responses-stream-0.json",
         "embeddings-0.json",
+        "completions-0.json",
+        "completions-stream-0.json",
     ],
 )
 def test_real_openai_responses_replay_identically(tmp_path: Path, recorded_file: str) -> None:
@@ -292,6 +294,7 @@ def test_real_openai_responses_replay_identically(tmp_path: Path, recorded_file:
             "chat/completions": client.chat.completions.create,
             "responses": client.responses.create,
             "embeddings": client.embeddings.create,
+            "completions": client.completions.create,
         }[endpoint]
         result = create(**body)
         if body.get("stream"):
