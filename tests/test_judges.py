@@ -202,3 +202,19 @@ def test_a_make_judge_judge_records_and_replays_through_the_cli(
     assert rows == {r["index"]: r["scores"]["polite"] for r in journal_rows(project, before["run_id"])}
     assert after["metrics"]["judge/polite/calls"] == 3 and after["metrics"]["judge/polite/live_calls"] == 0
     assert before["metrics"]["judge/polite/live_calls"] == 3
+
+
+def test_the_judges_session_lets_through_the_hosts_the_environment_allows(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CHAINKIT_ALLOW_HOSTS is honoured by the judges' session as by the chain's (use_cassette)."""
+    from toolkit.evaluation import _judge_session
+    from toolkit.scorers import resolve
+
+    monkeypatch.setenv("CHAINKIT_ALLOW_HOSTS", "judge.example.org, other.example.org")
+    options = EvalOptions(data=project.root / "d.jsonl", allow_hosts=["cli.example.org"])
+    with _judge_session(resolve(["Correctness"]), project.cassette_for("live"), options, project) as session:
+        assert session is not None
+        allowed = ("judge.example.org", "other.example.org", "cli.example.org")
+        assert all(session.passes(host) for host in allowed)
+        assert not session.passes("api.openai.com")

@@ -47,6 +47,7 @@ from toolkit.packaging import EXPERIMENT, log_chain, quiet_mlflow, use_tracking
 from toolkit.progress import Progress
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff
+from toolkit.record_mode import allowed_hosts_from_environment
 from toolkit.redaction import redact_span, scrub
 from toolkit.replay import RecordMode, use_cassette
 from toolkit.resume import (
@@ -258,10 +259,10 @@ def _judge_session(
     if not any(calls_an_llm(candidate) for candidate in scorers):
         yield None
         return
-    session = CassetteSession(
+    session = CassetteSession(  # a session of its own: use_cassette's environment is read here
         judges_cassette(cassette),
         options.record_mode,
-        allow_hosts=options.allow_hosts,
+        allow_hosts=[*options.allow_hosts, *allowed_hosts_from_environment()],
         client_retries=False,
         ignore_json_paths=project.ignore_json_paths,
     )

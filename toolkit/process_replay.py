@@ -38,6 +38,7 @@ from typing import Any
 
 from toolkit.errors import UsageError
 from toolkit.network import NetworkGuard
+from toolkit.record_mode import allowed_hosts_from_environment
 from toolkit.replay import RecordMode, mlflow_hosts, use_cassette
 
 CASSETTE_VARIABLE = "CHAINKIT_CASSETTE"
@@ -112,13 +113,9 @@ def stop() -> None:
 def _close_network() -> None:
     """Before any model is loaded, nothing leaves the process either (loopback aside)."""
     global _guard
-    guard = NetworkGuard([*LOOPBACK, *mlflow_hosts(), *_allowed_from_environment()])
+    guard = NetworkGuard([*LOOPBACK, *mlflow_hosts(), *allowed_hosts_from_environment()])
     guard.__enter__()
     _guard = guard
-
-
-def _allowed_from_environment() -> list[str]:
-    return [h.strip() for h in os.environ.get("CHAINKIT_ALLOW_HOSTS", "").split(",") if h.strip()]
 
 
 # --------------------------------------------------------------- recordings carried by a model

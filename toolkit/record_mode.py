@@ -41,10 +41,16 @@ class RecordMode(StrEnum):
         return [mode.value for mode in cls]
 
 
+def allowed_hosts_from_environment() -> list[str]:
+    """The hosts $CHAINKIT_ALLOW_HOSTS (comma-separated) lets through live, unrecorded."""
+    return [host.strip() for host in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if host.strip()]
+
+
 __all__ = [
     "ALLOW_HOSTS_VARIABLE",
     "RECORD_ERRORS_VARIABLE",
     "RECORD_MODE_VARIABLE",
     "RECORD_VIA_VARIABLE",
     "RecordMode",
+    "allowed_hosts_from_environment",
 ]

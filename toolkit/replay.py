@@ -30,6 +30,7 @@ from toolkit.record_mode import (
     RECORD_MODE_VARIABLE,
     RECORD_VIA_VARIABLE,
     RecordMode,
+    allowed_hosts_from_environment,
 )
 from toolkit.session import CLIENT_RETRIED_STATUSES, CassetteSession, _sessions, active_session
 
@@ -114,8 +115,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         self.path = Path(path)
         self.ignore_json_paths = list(ignore_json_paths)
         self.record_mode = RecordMode.parse(record_mode)
-        env_hosts = [h.strip() for h in os.environ.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()]
-        self.allow_hosts = [*allow_hosts, *env_hosts]
+        self.allow_hosts = [*allow_hosts, *allowed_hosts_from_environment()]
         self.record_via = record_via
         self.record_errors = record_errors
         self.client_retries = client_retries
