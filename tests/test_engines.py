@@ -149,3 +149,51 @@ def test_a_process_pool_job_killed_with_sigkill_resumes_without_redoing_a_row(pr
     # Offline, every row replays (on threads: the workers' recordings are all in the cassette).
     offline = evaluate(project, EvalOptions(data=data, tracking_uri=store(project)), chain="live")
     assert (offline.replayed_rows, offline.errors) == (20, 0)
+
+
+def test_ctrl_c_of_a_process_pool_job_ends_cleanly_and_resumes(project: Project) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: the parent and every
+    worker. The job ends as on threads (exit 130, one line naming the run, no traceback from
+    any process), no worker outlives it, and `--resume` finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from test_evaluation import _finished_rows
+
+    data = write_dataset(project.root / "d.jsonl", [f"question {n}" for n in range(40)])
+    runs = project.root / ".chainkit" / "runs"
+    with OpenAIServer(latency=0.2) as server:
+        env = {**os.environ, "CHAINKIT_RECORD_VIA": server.base_url.removesuffix("/v1")}
+        command = [
+            *("-m", "toolkit", "--project", str(project.root), "eval", "live", "--data", str(data)),
+            *("--record-mode", "new_episodes", "--concurrency", "4", "--tracking-uri", store(project)),
+            *("--engine", "processes", "--workers", "2"),
+        ]
+        process = subprocess.Popen(
+            [os.sys.executable, *command], env=env, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        journals: list[Path] = []
+        while time.monotonic() < deadline and not (journals and _finished_rows(journals[0]) >= 4):
+            journals = list(runs.glob("*.sqlite")) if runs.exists() else []
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+        _, stderr = process.communicate(timeout=60)
+        text = stderr.decode()
+        assert process.returncode == 130, text
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+        run_id = journals[0].stem
+        assert text.strip().splitlines()[-1] == (
+            f"interrupted: every finished row is saved; finish it with: chainkit eval live --resume {run_id}"
+        )
+        group = ["ps", "-o", "stat=,args=", "-g", str(process.pid)]
+        left = subprocess.run(group, capture_output=True, text=True).stdout.splitlines()
+        assert [line for line in left if not line.startswith("Z")] == []  # no worker left running
+        engine = ("--engine", "processes", "--workers", "2")
+        resumed = _spawn_eval(project, data, server, *engine, "--resume", run_id)
+        out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err.decode()
+    assert json.loads(out)["runs"][0]["rows"] == 40
+    assert [row["index"] for row in journal_rows(project, run_id)] == list(range(40))

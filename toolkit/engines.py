@@ -15,10 +15,11 @@ import itertools
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,11 +128,14 @@ class _Worker:
                 break
             with self.lock:
                 future = self.pending.pop(number)
-            future.set_result(attempt)
+            with contextlib.suppress(InvalidStateError):  # cancelled: the job was interrupted
+                future.set_result(attempt)
         with self.lock:  # the worker is gone: what it still owed fails, clearly
             owed, self.pending = list(self.pending.values()), {}
+        gone = RuntimeError(f"worker process {self.process.pid} ended with rows in flight")
         for future in owed:
-            future.set_exception(RuntimeError(f"worker process {self.process.pid} ended with rows in flight"))
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(gone)
 
     def stop(self) -> None:
         with self.lock, contextlib.suppress(OSError):
@@ -169,6 +173,9 @@ def _serve(conn: Any, setup: WorkerSetup, threads: int) -> None:
 
 
 def _start_worker(setup: WorkerSetup) -> Invoke:
+    # Ctrl-C reaches the whole process group: the parent alone handles it (it stops the job and
+    # tells each worker to finish what it holds and leave), so a worker never dies mid-row.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import mlflow
 
     from toolkit.evaluation import tracing
