@@ -129,9 +129,13 @@ def _set_verbose(ctx: click.Context, _: click.Parameter, value: bool) -> None:
         ctx.ensure_object(Context).verbose = True
 
 
-#: MLflow's notes that say nothing about the user's command, shown only with --verbose: the
-#: schema hint on every chain with an integer input, and the exit note of traced runs.
-QUIET_WARNINGS = (r"Hint: Inferred schema contains integer column",)
+#: Notes that say nothing about the user's command, shown only with --verbose: MLflow's schema
+#: hint on every chain with an integer input, the exit note of traced runs, and pyspark's pandas
+#: version notice (MLflow imports pyspark wherever it is installed, e.g. with chainkit[spark]).
+QUIET_WARNINGS = (
+    (r"Hint: Inferred schema contains integer column", UserWarning),
+    (r"PySpark does not yet fully support pandas", FutureWarning),
+)
 QUIET_LOGGERS = ("mlflow.tracing.export.async_export_queue",)
 
 
@@ -147,8 +151,8 @@ def _quiet_unless_verbose(callback: F) -> F:
         for name in QUIET_LOGGERS:  # left set: the exit note is logged after the command
             logging.getLogger(name).setLevel(logging.WARNING)
         with warnings.catch_warnings():
-            for message in QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            for message, category in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
             return callback(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
