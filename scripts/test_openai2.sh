@@ -17,8 +17,10 @@ openai = version("openai")
 assert openai.startswith("2."), f".venv-openai2 has openai {openai}, not 2.x: rerun scripts/setup.sh openai2"
 print(f"== openai {openai}, langchain-openai {version('langchain-openai')} (httpx): the client-dependent tests")
 PY
-# The SIGKILL tests (recordings survive a kill) exercise chainkit's own journal and take a minute
-# and a half: they run once, in .venv/.
+# Run once, in .venv/, what no OpenAI client takes part in: the SIGKILL tests (recordings survive
+# a kill: chainkit's own journal, a minute and a half) and the MLflow-chatter test (clv is plain
+# Python: three `chainkit eval` processes, ~50 s).
 "$venv/bin/pytest" -q \
   tests/test_client_families.py tests/test_replay.py tests/test_pytest_plugin.py tests/test_cli.py \
-  tests/test_evaluation.py tests/test_vcr_import.py -k "not sigkill" "$@"
+  tests/test_evaluation.py tests/test_vcr_import.py \
+  -k "not sigkill and not test_mlflow_chatter_only_with_verbose" "$@"

@@ -11,11 +11,15 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from openai_server import OpenAIServer
 
 from toolkit.project import Project
+
+if TYPE_CHECKING:
+    from toolkit.packaging import LogResult
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Real OpenAI API responses, with their source and licence (tests/data/openai-recorded/README.md).
@@ -45,21 +49,25 @@ def copy_project(destination: Path) -> Project:
     return Project.at(destination)
 
 
+#: What no test inherits from the shell that runs the suite.
+UNSET = (
+    "CHAINKIT_RECORD_MODE",
+    "CHAINKIT_RECORD_VIA",
+    "CHAINKIT_ALLOW_HOSTS",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    # mlflow.set_tracking_uri() also sets this variable: without removing it, one test's
+    # store would leak into the next.
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+)
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in (
-        "CHAINKIT_RECORD_MODE",
-        "CHAINKIT_RECORD_VIA",
-        "CHAINKIT_ALLOW_HOSTS",
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        # mlflow.set_tracking_uri() also sets this variable: without removing it, one test's
-        # store would leak into the next.
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_REGISTRY_URI",
-    ):
+    for name in UNSET:
         monkeypatch.delenv(name, raising=False)
     yield
     if "mlflow" in sys.modules:  # a tracking server's host stays reachable in mode none: forget it
@@ -88,3 +96,28 @@ def fresh_async_openai_clients() -> Iterator[None]:
     from langchain_openai.chat_models import _client_utils
 
     _client_utils._cached_async_httpx_client.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def logged_examples(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Project, dict[str, LogResult]]]:
+    """Every chain under chains/ logged once for the session (registered, alias ``candidate``)
+    into a copy of the project with its own sqlite store (``mlflow.db`` in it): for the tests
+    that only read these models (process-wide replay, verify). Logging them all takes ~10 s of
+    CPU; tests that add models add their own, under other names or fingerprints."""
+    import mlflow
+
+    from toolkit.packaging import log_chains
+
+    project = copy_project(tmp_path_factory.mktemp("logged"))
+    store = f"sqlite:///{project.root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as monkeypatch:  # set up before any test's own fixtures
+        for name in UNSET:
+            monkeypatch.delenv(name, raising=False)
+        logged = log_chains(project, register=True, alias="candidate", tracking_uri=store)
+        mlflow.set_tracking_uri(None)
+    results = {r.name: r for r in logged}
+    assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]
+    yield project, results
+    mlflow.set_tracking_uri(None)

@@ -745,21 +745,38 @@ def test_mlflow_chatter_only_with_verbose(tmp_path: Path) -> None:
     """The integer-schema hint (clv has integer inputs) and the exit note of a traced run are
     MLflow's, not the user's: gone from `eval` by default, back with --verbose (before or after
     the command)."""
-    for name in ("chains", "cassettes", "datasets"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    command = [sys.executable, "-m", "toolkit", "--project", str(tmp_path)]
-    evaluate = ["eval", "clv", "--data", str(tmp_path / "datasets" / "clv.jsonl"), "--trace"]
     chatter = ("Inferred schema contains integer column", "Flushing the async trace logging queue")
 
-    def run(*args: str) -> str:
-        shutil.rmtree(tmp_path / "mlruns", ignore_errors=True)  # logged afresh: the hint again
-        (tmp_path / "mlflow.db").unlink(missing_ok=True)
-        done = subprocess.run([*args], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert re.search(r"clv: run \w+ started", done.stderr), done.stderr
-        return done.stderr
+    def start(name: str, *verbose: str, after: bool = False) -> subprocess.Popen[str]:
+        # Each run in its own copy with its own fresh store (logged afresh: the hint again).
+        root = tmp_path / name
+        for folder in ("chains", "cassettes", "datasets"):
+            shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        command = [sys.executable, "-m", "toolkit", "--project", str(root), *([] if after else verbose)]
+        evaluate = ["eval", "clv", "--data", str(root / "datasets" / "clv.jsonl"), "--trace"]
+        return subprocess.Popen(
+            [*command, *evaluate, *(verbose if after else [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-    quiet = run(*command, *evaluate)
+    def stderr_of(process: subprocess.Popen[str]) -> str:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert re.search(r"clv: run \w+ started", stderr), stderr
+        return stderr
+
+    # Real processes (the exit note is printed at exit), side by side: each spends much of its
+    # time waiting on its own new sqlite store, not on the CPU.
+    runs = [start("quiet"), start("before", "--verbose"), start("after", "--verbose", after=True)]
+    try:
+        quiet, *verbose = [stderr_of(process) for process in runs]
+    finally:
+        for process in runs:  # a failed run leaves none of the others behind
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert not [line for line in chatter if line in quiet], quiet
-    for verbose in (run(*command, "--verbose", *evaluate), run(*command, *evaluate, "--verbose")):
-        assert [line for line in chatter if line in verbose] == list(chatter), verbose
+    for stderr in verbose:
+        assert [line for line in chatter if line in stderr] == list(chatter), stderr

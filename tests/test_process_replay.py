@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
-from conftest import EXAMPLES, ROOT, copy_project
+from conftest import EXAMPLES, ROOT
 from openai_server import OpenAIServer
 
 from toolkit import Cassette, use_cassette
@@ -142,14 +141,9 @@ def test_model_mode_is_replay_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, LogResult]]]:
-    project = copy_project(tmp_path_factory.mktemp("project"))
-    root = project.root
-    store = f"sqlite:///{root / 'mlflow.db'}"
-    results = {r.name: r for r in log_chains(project, register=True, alias="candidate", tracking_uri=store)}
-    assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]
-    yield project, results
-    mlflow.set_tracking_uri(None)
+def logged(logged_examples: tuple[Project, dict[str, LogResult]]) -> tuple[Project, dict[str, LogResult]]:
+    """The example chains logged once for the session, registered with the alias ``candidate``."""
+    return logged_examples
 
 
 def _expected(project: Project, name: str, example: Any) -> Any:
@@ -159,12 +153,38 @@ def _expected(project: Project, name: str, example: Any) -> Any:
         return mlflow.pyfunc.load_model(f"models:/{name}@candidate").predict(example)
 
 
-def _predict(project: Project, name: str, example: Any, cwd: Path, **variables: str) -> Any:
+@pytest.fixture(scope="module")
+def examples(logged: tuple[Project, dict[str, LogResult]]) -> dict[str, tuple[Any, Any]]:
+    """Each example chain's input example and its expected answer (JSON-shaped), computed once
+    for the predict and serve tests: loading nine models in this process is not free."""
+    project, _ = logged
+    found = discover(project.chains_dir)
+    inputs = {name: found.get(name).input_example for name in EXAMPLES}
+    return {
+        name: (inputs[name], json.loads(json.dumps(_expected(project, name, inputs[name]), default=str)))
+        for name in EXAMPLES
+    }
+
+
+#: ``mlflow models ...`` through MLflow's own ``models`` command group: the very commands of the
+#: ``mlflow`` script, without the imports of its other groups (server, assistant: ~3.5 s of CPU
+#: per process here, more than the model's own load). One test keeps the ``mlflow`` script.
+MLFLOW_MODELS = [
+    sys.executable,
+    "-c",
+    "import sys; from mlflow.models.cli import commands; sys.exit(commands(prog_name='mlflow models'))",
+]
+
+
+def _predict(
+    project: Project, name: str, example: Any, cwd: Path, *, script: bool = False, **variables: str
+) -> Any:
     source = cwd / f"{name}-input.json"
     output = cwd / f"{name}-output.json"
     source.write_text(json.dumps({"inputs": example}))
     env = offline_env(MLFLOW_TRACKING_URI=f"sqlite:///{project.root / 'mlflow.db'}", **variables)
-    command = ["mlflow", "models", "predict", "-m", f"models:/{name}@candidate", "-i", str(source)]
+    mlflow_models = ["mlflow", "models"] if script else MLFLOW_MODELS
+    command = [*mlflow_models, "predict", "-m", f"models:/{name}@candidate", "-i", str(source)]
     done = subprocess.run(
         [*command, "-o", str(output), "--env-manager", "local"],
         env=env,
@@ -178,37 +198,40 @@ def _predict(project: Project, name: str, example: Any, cwd: Path, **variables: 
 
 
 def test_mlflow_models_predict_replays_every_chain_from_the_recordings_it_carries(
-    logged: tuple[Project, dict[str, LogResult]], tmp_path: Path
+    logged: tuple[Project, dict[str, LogResult]],
+    examples: dict[str, tuple[Any, Any]],
+    tmp_path: Path,
 ) -> None:
     """From a folder with nothing of the project: the model's own cassette, no key, no network."""
     project, _ = logged
-    specs = {name: discover(project.chains_dir).get(name) for name in EXAMPLES}
-    expected = {name: _expected(project, name, specs[name].input_example) for name in EXAMPLES}
     with ThreadPoolExecutor(max_workers=2) as pool:
         got = dict(
             zip(
                 EXAMPLES,
                 pool.map(
                     lambda name: _predict(
-                        project, name, specs[name].input_example, tmp_path, CHAINKIT_CASSETTE="model"
+                        project, name, examples[name][0], tmp_path, CHAINKIT_CASSETTE="model"
                     ),
                     EXAMPLES,
                 ),
                 strict=True,
             )
         )
-    assert got == json.loads(json.dumps(expected, default=str))
+    assert got == {name: examples[name][1] for name in EXAMPLES}
 
 
 def test_mlflow_models_predict_with_a_cassette_path_and_load_time_calls(
-    logged: tuple[Project, dict[str, LogResult]], tmp_path: Path
+    logged: tuple[Project, dict[str, LogResult]],
+    examples: dict[str, tuple[Any, Any]],
+    tmp_path: Path,
 ) -> None:
-    """rag embeds its corpus at import: replayed because replay is on from the first line."""
+    """rag embeds its corpus at import: replayed because replay is on from the first line.
+    Through the ``mlflow`` script itself, as users type it."""
     project, _ = logged
     for name in ("rag", "qa"):
-        example = discover(project.chains_dir).get(name).input_example
-        got = _predict(project, name, example, tmp_path, CHAINKIT_CASSETTE=str(project.cassette_for(name)))
-        assert got == json.loads(json.dumps(_expected(project, name, example), default=str))
+        example, expected = examples[name]
+        cassette = str(project.cassette_for(name))
+        assert _predict(project, name, example, tmp_path, script=True, CHAINKIT_CASSETTE=cassette) == expected
 
 
 def _free_port() -> int:
@@ -218,10 +241,11 @@ def _free_port() -> int:
 
 
 def test_mlflow_models_serve_answers_every_chain_from_the_model(
-    logged: tuple[Project, dict[str, LogResult]], tmp_path: Path
+    logged: tuple[Project, dict[str, LogResult]],
+    examples: dict[str, tuple[Any, Any]],
+    tmp_path: Path,
 ) -> None:
     project, _ = logged
-    specs = {name: discover(project.chains_dir).get(name) for name in EXAMPLES}
     env = offline_env(
         MLFLOW_TRACKING_URI=f"sqlite:///{project.root / 'mlflow.db'}", CHAINKIT_CASSETTE="model"
     )
@@ -229,7 +253,7 @@ def test_mlflow_models_serve_answers_every_chain_from_the_model(
     try:
         for name in EXAMPLES:
             port = _free_port()
-            command = ["mlflow", "models", "serve", "-m", f"models:/{name}@candidate", "-p", str(port)]
+            command = [*MLFLOW_MODELS, "serve", "-m", f"models:/{name}@candidate", "-p", str(port)]
             servers[name] = (
                 port,
                 subprocess.Popen(
@@ -250,12 +274,10 @@ def test_mlflow_models_serve_answers_every_chain_from_the_model(
                         break
                 except httpx.HTTPError:
                     time.sleep(0.5)
-            answer = httpx.post(
-                f"http://127.0.0.1:{port}/invocations", json={"inputs": specs[name].input_example}, timeout=60
-            )
+            example, expected = examples[name]
+            answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": example}, timeout=60)
             assert answer.status_code == 200, f"{name}: {answer.text[:2000]}"
-            expected = _expected(project, name, specs[name].input_example)
-            assert answer.json()["predictions"] == json.loads(json.dumps(expected, default=str)), name
+            assert answer.json()["predictions"] == expected, name
     finally:
         for _, process in servers.values():
             os.killpg(process.pid, 15)

@@ -11,7 +11,6 @@ import json
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, copy_project
+from conftest import EXAMPLES
 
 from toolkit.cli import cli
-from toolkit.packaging import LogResult, http_stack_constraints, log_chains
+from toolkit.packaging import LogResult, http_stack_constraints
 from toolkit.project import Project
 from toolkit.verify import Environment, Verification, import_problems, install_problem, verify
 
@@ -80,12 +79,9 @@ def test_verify_of_an_unknown_chain_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, LogResult]]]:
-    project = copy_project(tmp_path_factory.mktemp("project"))
-    results = {r.name: r for r in log_chains(project, tracking_uri=store(project))}
-    assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]
-    yield project, results
-    mlflow.set_tracking_uri(None)
+def logged(logged_examples: tuple[Project, dict[str, LogResult]]) -> tuple[Project, dict[str, LogResult]]:
+    """The example chains logged once for the session (tests/conftest.py), store in the project."""
+    return logged_examples
 
 
 def store(project: Project) -> str:

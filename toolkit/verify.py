@@ -478,13 +478,21 @@ def import_problems(environment: Environment, model_dir: Path) -> dict[str, str]
     return problems
 
 
+#: ``mlflow models``: MLflow's own command group, without the imports of the ``mlflow`` script's
+#: other groups (its server, the assistant): about 3.5 s less CPU per verify, more in a fresh
+#: environment, whose first run compiles every module it imports.
+_MLFLOW_MODELS = (
+    "import sys; from mlflow.models.cli import commands; sys.exit(commands(prog_name='mlflow models'))"
+)
+
+
 def _predict_there(
     environment: Environment, model_dir: Path, serving_input: Path, workdir: Path
 ) -> tuple[Any, str | None, str | None]:
     """(predictions, failure, the missing module the failure names)."""
     output = workdir / "predictions.json"
     log = workdir / "predict.log"
-    command = [str(environment.python), "-m", "mlflow", "models", "predict", "-m", str(model_dir)]
+    command = [str(environment.python), "-c", _MLFLOW_MODELS, "predict", "-m", str(model_dir)]
     try:
         done = _run(
             [*command, "-i", str(serving_input), "-o", str(output), "--env-manager", "local"],
