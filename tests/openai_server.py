@@ -65,6 +65,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]  # lower-case names
     body: Any  # parsed JSON, or None
+    raw: bytes = b""  # the body as sent (a multipart upload is not JSON)
 
 
 @dataclass
@@ -226,6 +227,10 @@ class OpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _respond(self, request: ReceivedRequest) -> _Answer:
+        """What the handler sends back (a subclass may serve more endpoints from the raw body)."""
+        return self._answer(request.method, request.path, request.body)
 
     def _answer(self, method: str, path: str, body: Any) -> _Answer:
         with self._lock:
@@ -485,10 +490,10 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             headers = {k.lower(): v for k, v in self.headers.items()}
-            request = ReceivedRequest(self.command, self.path, headers, body)
+            request = ReceivedRequest(self.command, self.path, headers, body, raw)
             with server._lock:
                 server.requests.append(request)
-            answer = server._answer(self.command, self.path, body)
+            answer = server._respond(request)
             self.send_response(answer.status)
             headers = {"content-type": answer.content_type, "x-request-id": f"req_{uuid.uuid4().hex}"}
             if not answer.recorded:

@@ -51,6 +51,10 @@ class Journal:
     def is_done(self, index: int) -> bool:
         return self._db.execute("SELECT 1 FROM rows WHERE idx = ?", (index,)).fetchone() is not None
 
+    def done(self) -> set[int]:
+        """The index of every finished row, in one query (a batch round skips them all)."""
+        return {int(idx) for (idx,) in self._db.execute("SELECT idx FROM rows")}
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
 

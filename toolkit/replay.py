@@ -32,7 +32,7 @@ from toolkit.record_mode import (
     RecordMode,
     allowed_hosts_from_environment,
 )
-from toolkit.session import CLIENT_RETRIED_STATUSES, CassetteSession, _sessions, active_session
+from toolkit.session import CLIENT_RETRIED_STATUSES, CassetteSession, Deferral, _sessions, active_session
 
 #: Set as OPENAI_API_KEY while replaying without a key: clients refuse to start without one.
 PLACEHOLDER_API_KEY = "chainkit-replay-placeholder"
@@ -96,6 +96,8 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
     (HTTP sent through httpx/httpx2 to them is still answered from the cassette).
     ``ignore_json_paths``: JSON body fields left out of matching (``user``, ``metadata``,
     ``messages[*].name``): fields that change from run to run; a miss names them.
+    ``defer``: called with a request no recording answers (its key and body) before it would
+    be sent or refused; an error it returns is raised instead (the Batch API's rounds).
     In record mode none a missing cassette is an error at the first request it cannot answer,
     not before: a block that sends nothing needs no cassette.
     """
@@ -111,8 +113,10 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
         client_retries: bool = True,
         network_allows: Iterable[str] = (),
         ignore_json_paths: Iterable[str] = (),
+        defer: Deferral | None = None,
     ) -> None:
         self.path = Path(path)
+        self.defer = defer
         self.ignore_json_paths = list(ignore_json_paths)
         self.record_mode = RecordMode.parse(record_mode)
         self.allow_hosts = [*allow_hosts, *allowed_hosts_from_environment()]
@@ -131,6 +135,7 @@ class use_cassette:  # noqa: N801 - a context manager named like a function, as 
             record_errors=self.record_errors,
             client_retries=self.client_retries,
             ignore_json_paths=self.ignore_json_paths,
+            defer=self.defer,
         )
         guard = None
         if session.mode is RecordMode.NONE:

@@ -55,6 +55,9 @@ try:  # openai 3.x's HTTP client; optional so that httpx-only projects work too
 except ImportError:  # pragma: no cover - httpx2 is a dependency of openai 3.x
     httpx2 = None  # type: ignore[assignment]
 
+#: What a session calls on a request it cannot answer (see ``CassetteSession.defer``).
+Deferral = Callable[[str, RecordedRequest], BaseException | None]
+
 #: Statuses the OpenAI SDKs retry on their own (and chainkit's evaluation runner retries).
 CLIENT_RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -124,8 +127,13 @@ class CassetteSession:
         record_errors: bool | None = None,
         client_retries: bool = True,
         ignore_json_paths: Iterable[str] = (),
+        defer: Deferral | None = None,
     ) -> None:
         self.mode = RecordMode.parse(record_mode)
+        #: Called with the key and the request that no recording answers, before it would be
+        #: sent live or refused: an error it returns is raised instead (the Batch API's rounds
+        #: defer the request to a batch); None lets the record mode decide as usual.
+        self.defer = defer
         #: JSON body fields that take no part in matching (they change from run to run).
         self.ignore_json_paths = tuple(ignore_json_paths)
         try:
@@ -306,6 +314,10 @@ class CassetteSession:
                 sent: RecordedRequest = unrecorded.args[0]
         else:  # record mode all: nothing to look up
             sent = recorded_request(request)
+        if self.defer is not None:
+            deferred = self.defer(self._key(sent), sent)
+            if deferred is not None:
+                raise deferred
         if not self.records:
             raise self.miss(sent) from None
         return sent
@@ -399,6 +411,7 @@ __all__ = [
     "CLIENT_RETRIED_STATUSES",
     "CassetteSession",
     "ChunkStream",
+    "Deferral",
     "active_session",
     "answering",
     "live_response",
