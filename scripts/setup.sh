@@ -17,4 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]" ${pins[@]+"${pins[@]}"}
+# .venv also gets the spark extra (tests/test_spark_engine.py; Spark itself needs Java 17 or 21).
+extras=test
+[ "$venv" = .venv ] && extras=test,spark
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" ${pins[@]+"${pins[@]}"}

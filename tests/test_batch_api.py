@@ -332,6 +332,11 @@ def test_kill_while_polling_then_resume_submits_nothing_twice(project: Project) 
             ledger = BatchLedger(opened)
             assert [record.id for record in ledger.records] == [fake.created[0].id]
         fake.release()
+        # A batch run resumes only as one: its submitted batches are in its journal.
+        command = [sys.executable, "-m", "toolkit", "--project", str(project.root), "eval", "qa"]
+        command += ["--data", str(data), "--tracking-uri", store(project), "--resume", journal.stem]
+        direct = subprocess.run(command, capture_output=True, text=True)
+        assert direct.returncode == 2 and "it sent its requests batch" in direct.stderr, direct.stderr
         resumed = _spawn(project, data, fake, "--resume", journal.stem)
         out, err = resumed.communicate(timeout=120)
         assert resumed.returncode == 0, err.decode()

@@ -120,8 +120,8 @@ def test_recordings_made_in_worker_processes_land_in_the_one_cassette(
 
 def test_an_unknown_engine_is_a_usage_error(project: Project) -> None:
     data = write_dataset(project.root / "d.jsonl", ["q"])
-    with pytest.raises(UsageError, match="unknown engine 'spark': use threads, processes"):
-        evaluate(project, EvalOptions(data=data, tracking_uri=store(project), engine="spark"), chain="qa")
+    with pytest.raises(UsageError, match="unknown engine 'ray': use threads, processes, spark"):
+        evaluate(project, EvalOptions(data=data, tracking_uri=store(project), engine="ray"), chain="qa")
 
 
 def test_a_process_pool_job_killed_with_sigkill_resumes_without_redoing_a_row(project: Project) -> None:

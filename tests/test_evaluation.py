@@ -897,7 +897,7 @@ def test_ctrl_c_ends_with_one_line_naming_the_run_and_resume_needs_no_id(project
             time.sleep(0.01)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-        assert process.returncode == 130
+        assert process.returncode == 130, stderr.decode()
         run_id = journals[0].stem
         lines = stderr.decode().strip().splitlines()
         assert "Traceback" not in stderr.decode() and "Event loop is closed" not in stderr.decode()

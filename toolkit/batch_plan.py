@@ -127,8 +127,9 @@ def dry_run(project: Project, options: EvalOptions, chain: str, cassette: Path |
     deferred requests per endpoint and model and price them (tokens estimated from the text:
     ~4 characters a token; output at the request's limit, else DRY_RUN_OUTPUT_TOKENS)."""
     from toolkit.discovery import Flavor, discover
-    from toolkit.evaluation import ChainLoader, row_scopes
+    from toolkit.evaluation import row_scopes
     from toolkit.replay import use_cassette
+    from toolkit.targets import ChainLoader
 
     spec = discover(project.chains_dir).get(chain)
     path = cassette or project.cassette_for(chain)

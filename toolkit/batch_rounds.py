@@ -59,7 +59,8 @@ from toolkit.recording_log import folder_lock, merge, open_cassette
 from toolkit.redaction import kept_response_headers
 
 if TYPE_CHECKING:
-    from toolkit.evaluation import EvalOptions, RowRunner, Target
+    from toolkit.evaluation import EvalOptions, RowRunner
+    from toolkit.targets import Target
 
 FALLBACKS = ("next-round", "live")
 

@@ -500,12 +500,36 @@ def verify_command(obj: Context, target: str, keep: bool, tracking_uri: str | No
 @click.option("--run-name", default=None, metavar="NAME", help="Default: CHAIN-DATASET-YYYYMMDD-HHMMSS.")
 @click.option(
     "--engine",
-    type=click.Choice(["threads", "processes"]),
+    type=click.Choice(["threads", "processes", "spark"]),
     default="threads",
     show_default=True,
-    help="Where rows run: threads of this process, or worker processes (all cores).",
+    help="Where rows run: threads of this process, worker processes (all cores), or Spark "
+    "executors (replay only; needs chainkit[spark] and Java).",
 )
 @click.option("--workers", type=int, default=None, help="Processes for --engine processes (default: CPUs).")
+@click.option(
+    "--spark-master",
+    default="local[*]",
+    show_default=True,
+    metavar="URL",
+    help="Spark master for --engine spark ($SPARK_REMOTE, where set, uses Spark Connect instead).",
+)
+@click.option(
+    "--batch-api",
+    is_flag=True,
+    help="Through OpenAI's Batch API, at half the price: rows run in rounds, their requests submitted "
+    "as batches, polled, recorded into the cassette (answers within 24 h).",
+)
+@click.option(
+    "--batch-fallback",
+    type=click.Choice(["next-round", "live"]),
+    default=None,
+    help="Requests a batch did not answer (expired, failed): submitted again next round (default), "
+    "or sent live.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="With --batch-api: the first round's requests and cost; send nothing."
+)
 @json_option
 @click.pass_obj
 @reports_errors
@@ -529,6 +553,10 @@ def eval_command(
     run_name: str | None,
     engine: str,
     workers: int | None,
+    spark_master: str,
+    batch_api: bool,
+    batch_fallback: str | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Evaluate CHAIN over a dataset: each row run, scored, and the results logged to MLflow."""
@@ -556,6 +584,17 @@ def eval_command(
             raise UsageError(
                 f'{prices}: expected {{"model": [input_usd, output_usd]}} per million tokens'
             ) from exc
+    from toolkit.batch_plan import plan_batches
+    from toolkit.batch_rounds import batch_options
+
+    batch = batch_options(batch_api, batch_fallback, dry_run, report=lambda line: click.echo(line, err=True))
+    if dry_run:  # nothing sent, no run started
+        plans = plan_batches(project, jobs, table_prices, allow_hosts, cassette)
+        if as_json:
+            emit_json({"plans": [plan.to_json() for plan in plans]})
+        else:
+            click.echo("\n".join(line for plan in plans for line in plan.lines()))
+        return
     summaries = []
     for name, path in jobs:
         label = name or str(model_uri)
@@ -580,6 +619,8 @@ def eval_command(
             run_name=f"{run_name}-{label}" if run_name and len(jobs) > 1 else run_name,
             engine=engine,
             workers=workers,
+            spark_master=spark_master,
+            batch=batch,
             progress=not as_json and sys.stderr.isatty(),
             on_start=on_start,
         )

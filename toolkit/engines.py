@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from toolkit.attempt import Attempt, Invoke, RowTask, attempt_row
 
-ENGINES = ("threads", "processes")
+ENGINES = ("threads", "processes", "spark")
 
 
 class Engine(Protocol):
@@ -62,7 +62,7 @@ class ThreadEngine:
 class WorkerSetup:
     """What a worker process needs to attempt rows: picklable, nothing of the parent's state."""
 
-    load: Callable[[], Invoke]  # a picklable loader (toolkit.evaluation.ChainLoader/ModelLoader)
+    load: Callable[[], Invoke]  # a picklable loader (toolkit.targets.ChainLoader/ModelLoader)
     cassette: Path
     record_mode: str
     allow_hosts: Sequence[str]

@@ -30,20 +30,20 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Se
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.attempt import RowTask, described
 from toolkit.cassette import file_sha256
 from toolkit.datasets import Row, count_rows, file_digest, read_rows
-from toolkit.discovery import ChainSpec, Flavor, discover
+from toolkit.discovery import discover
 from toolkit.engines import ENGINES, Engine, ProcessEngine, ThreadEngine, WorkerSetup
 from toolkit.errors import DatasetError, UsageError
 from toolkit.eval_results import EvalSummary, Totals, finish_run
 from toolkit.exchanges import Exchange
 from toolkit.journal import Journal
-from toolkit.loading import chain_code, guarded, load_chain, on_sys_path, predict_python_model
+from toolkit.loading import on_sys_path
 from toolkit.matching import replay_scope
-from toolkit.packaging import EXPERIMENT, log_chain, quiet_mlflow, use_tracking
+from toolkit.packaging import EXPERIMENT, quiet_mlflow, use_tracking
 from toolkit.progress import Progress
 from toolkit.project import Project
 from toolkit.ratelimit import AdaptiveLimit, backoff
@@ -60,6 +60,10 @@ from toolkit.resume import (
 )
 from toolkit.scorers import MEASURES, Aggregate, ScorerCalls, calls_an_llm, resolve, score
 from toolkit.session import CassetteSession, answering
+from toolkit.targets import Target, chain_target, model_target
+
+if TYPE_CHECKING:
+    from toolkit.batch_rounds import BatchOptions
 
 DEFAULT_CONCURRENCY = 8  # polite for a hosted API's default rate limits
 MAX_ATTEMPTS = 6
@@ -73,12 +77,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "text-embedding-3-small": (0.02, 0.0),
     "text-embedding-3-large": (0.13, 0.0),
 }
-
-#: A chain's synchronous call. Rows run it in worker threads rather than awaiting ``ainvoke``:
-#: LangChain's async path costs ~40% more CPU per call (2.25 vs 1.59 ms replayed, measured), and
-#: CPU is what bounds a fast job. With one row at a time it runs inline: no thread hand-off.
-Invoke = Callable[[Any], Any]
-
 
 @dataclass
 class EvalOptions:
@@ -97,6 +95,8 @@ class EvalOptions:
     #: the CPU count), see toolkit.engines.
     engine: str = "threads"
     workers: int | None = None
+    #: Where --engine spark runs (default: local[*]; $SPARK_REMOTE, where set, wins).
+    spark_master: str = "local[*]"
     #: The MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "chainkit").
     experiment: str | None = None
     #: The run's name (default: ``<chain>-<dataset>-<time>``, one name per run).
@@ -104,6 +104,9 @@ class EvalOptions:
     #: Called with the run id as soon as the run exists (the CLI prints it: a Ctrl-C or a
     #: kill later leaves the user the id that ``--resume`` needs).
     on_start: Callable[[str], None] | None = None
+    #: Through OpenAI's Batch API (``--batch-api``): rows run in rounds, their requests
+    #: answered in batches at batch prices (toolkit.batch_rounds); None: the engine above.
+    batch: BatchOptions | None = None
 
 
 # ------------------------------------------------------------------------------ one row
@@ -228,7 +231,7 @@ class RowRunner:
 def _engine(
     options: EvalOptions, target: Target, mode: RecordMode, limit: AdaptiveLimit, project: Project
 ) -> Engine:
-    if options.engine == "processes":
+    if options.engine in ("processes", "spark"):
         import mlflow
 
         setup = WorkerSetup(
@@ -241,6 +244,10 @@ def _engine(
             trace=options.trace,
             model_id=target.model_id,
         )
+        if options.engine == "spark":
+            from toolkit.spark_engine import SparkEngine
+
+            return SparkEngine(setup, options.concurrency, master=options.spark_master)
         return ProcessEngine(setup, options.workers, threads=options.concurrency)
     return ThreadEngine(target.load(), inline=limit.ceiling == 1)
 
@@ -364,99 +371,6 @@ def run_to_end(job: Coroutine[Any, Any, int]) -> int:
 # ---------------------------------------------------------------------------- the job
 
 
-@dataclass
-class Target:
-    name: str
-    model_id: str | None
-    cassette: Path
-    load: Callable[[], Invoke]
-
-
-def _chain_target(
-    project: Project,
-    spec: ChainSpec,
-    experiment_id: str,
-    record_mode: str | None,
-    model_id: str | None,
-    cassette: Path,
-) -> Target:
-    """``model_id``: the resumed run's model. It is kept, not logged again: in record modes the
-    cassette (part of a model's fingerprint) changed since the run started, and a new model
-    would get the metrics of rows the run's model answered."""
-    if model_id is None:
-        with chain_code(f"chain {spec.name}"):  # logging runs the chain on its example
-            model_id = log_chain(
-                project, spec, experiment_id, record_mode=record_mode, cassette=cassette
-            ).model_id
-    load = ChainLoader(
-        spec.name, project.chains_dir, spec.path, spec.model_config, spec.flavor is Flavor.PYFUNC
-    )
-    return Target(spec.name, model_id, cassette, load)
-
-
-@dataclass(frozen=True)
-class ChainLoader:
-    """Loads a chain file and gives its invoke: picklable, so a worker process loads its own."""
-
-    name: str
-    chains_dir: Path
-    path: Path
-    model_config: Path | None
-    pyfunc: bool
-
-    def __call__(self) -> Invoke:
-        with on_sys_path(self.chains_dir):
-            chain = load_chain(self.path, self.model_config)
-        what = f"chain {self.name}"
-        if self.pyfunc:
-            return guarded(lambda inputs: predict_python_model(chain, inputs), what)
-        return guarded(chain.invoke, what)
-
-
-def _model_target(project: Project, model_uri: str, cassette: Path | None) -> Target:
-    import mlflow
-
-    info = mlflow.models.get_model_info(model_uri)
-    model_id = getattr(info, "model_id", None)
-    name = mlflow.get_logged_model(model_id).tags.get("chainkit.chain") if model_id else None
-    if cassette is None and name is None:
-        raise UsageError(
-            f"{model_uri} was not logged by chainkit: pass --cassette to say which recording to use"
-        )
-    path = cassette or project.cassette_for(str(name))
-
-    return Target(str(name or model_uri), model_id, path, ModelLoader(model_uri))
-
-
-@dataclass(frozen=True)
-class ModelLoader:
-    """Loads a logged model and gives its invoke: picklable, so a worker process loads its own."""
-
-    model_uri: str
-
-    def __call__(self) -> Invoke:
-        import mlflow
-
-        model_uri = self.model_uri
-        with chain_code(f"model {model_uri}: loading it"):
-            model = mlflow.pyfunc.load_model(model_uri)
-        if "langchain" in model.metadata.flavors:
-            # The logged chain itself, called as serving calls it per request. (pyfunc.predict
-            # would run it in MLflow's own thread pool, out of reach of per-row accounting.)
-            return guarded(model.get_raw_model().invoke, f"model {model_uri}")
-
-        def predict(inputs: Any) -> Any:
-            output = model.predict(inputs)
-            # pyfunc answers a dict input with a one-element list (DESIGN field note 6).
-            return (
-                output[0]
-                if isinstance(inputs, dict) and isinstance(output, list) and len(output) == 1
-                else output
-            )
-
-        return guarded(predict, f"model {model_uri}")
-
-
 def evaluate(
     project: Project,
     options: EvalOptions,
@@ -474,7 +388,13 @@ def evaluate(
         raise UsageError(f"unknown engine {options.engine!r}: use {', '.join(ENGINES)}")
     if options.workers is not None and options.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if options.batch is not None and options.engine != "threads":
+        raise UsageError("--batch-api runs rows in this process's threads: leave out --engine")
     mode = RecordMode.parse(options.record_mode)
+    if options.engine == "spark":  # before any run exists: replay only, pyspark and Java present
+        from toolkit.spark_engine import check_spark
+
+        check_spark(mode.value)
     with on_sys_path(project.root):  # `--scorer pkg.mod:fn` from the project root, as for chains
         scorers = resolve(options.scorers)
     aggregates = {name: Aggregate(options.aggregations) for name in MEASURES}  # also validates names
@@ -486,6 +406,9 @@ def evaluate(
         )
     dataset_sha = file_digest(options.data)
     settings = run_settings(mode, dataset_sha, options.scorers, options.aggregations)
+    # Batch or direct requests: a batch run's submitted batches are in its journal, so it resumes
+    # only as a batch run (and a direct run never as one).
+    settings["chainkit.mode"] = "batch" if options.batch is not None else "direct"
     started = time.perf_counter()
     with quiet_mlflow():
         experiment = options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
@@ -509,11 +432,11 @@ def evaluate(
             }
             check_resume(resumed, settings, options.data)  # before logging: a refused resume logs nothing
             model_id = resumed.data.tags.get("chainkit.model_id") if resumed else None
-            target = _chain_target(
+            target = chain_target(
                 project, spec, experiment_id, options.record_mode, model_id, chain_cassette
             )
         elif model_uri is not None:
-            target = _model_target(project, model_uri, cassette)
+            target = model_target(project, model_uri, cassette)
             settings |= {"chainkit.evaluated": model_uri, "chainkit.cassette": str(target.cassette)}
             settings |= {"chainkit.model_id": target.model_id} if target.model_id else {}
             check_resume(resumed, settings, options.data)
@@ -529,28 +452,34 @@ def evaluate(
             pin_dataset(journal, options.data, options.resume, dataset_sha)
             progress = Progress(total, options.progress, done=journal.count())
             limit = AdaptiveLimit(options.concurrency)
-            with (
-                # client_retries=False: the row runner's retries are the one policy (AIMD,
-                # retry-after); the client's own would multiply them (3 x 6 attempts a row).
-                use_cassette(
-                    target.cassette,
-                    mode,
-                    allow_hosts=options.allow_hosts,
-                    client_retries=False,
-                    ignore_json_paths=project.ignore_json_paths,
-                ),
-                tracing(options.trace, target.model_id),
-                _judge_session(scorers, target.cassette, options, project) as judges,
-            ):
-                engine = _engine(options, target, mode, limit, project)
-                try:
-                    runner = RowRunner(
-                        engine, scorers, limit, journal, options.prices, progress, options.trace, judges
-                    )
-                    rows = read_rows(options.data)
-                    skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
-                finally:
-                    engine.close()  # the workers' recordings are saved before the run is finished
+            if options.batch is not None:  # rounds, each with its own cassette session
+                from toolkit.batch_rounds import RoundsJob, run_rounds
+
+                job = RoundsJob(options.batch, project, options, target, scorers, limit, journal, progress)
+                skipped = run_rounds(job)
+            else:
+                with (
+                    # client_retries=False: the row runner's retries are the one policy (AIMD,
+                    # retry-after); the client's own would multiply them (3 x 6 attempts a row).
+                    use_cassette(
+                        target.cassette,
+                        mode,
+                        allow_hosts=options.allow_hosts,
+                        client_retries=False,
+                        ignore_json_paths=project.ignore_json_paths,
+                    ),
+                    tracing(options.trace, target.model_id),
+                    _judge_session(scorers, target.cassette, options, project) as judges,
+                ):
+                    engine = _engine(options, target, mode, limit, project)
+                    try:
+                        runner = RowRunner(
+                            engine, scorers, limit, journal, options.prices, progress, options.trace, judges
+                        )
+                        rows = read_rows(options.data)
+                        skipped = run_to_end(run_rows(rows, runner, journal, options.resume is not None))
+                    finally:
+                        engine.close()  # the workers' recordings are saved before the run is finished
             progress.finish()
             summary = _finish(mlflow, journal, target, run_id, aggregates, options, skipped, limit, started)
             status = "FINISHED"

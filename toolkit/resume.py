@@ -102,6 +102,7 @@ _DIFFERENCES = {
     "chainkit.dataset_sha256": "{data} changed since run {run} started (its sha256 differs)",
     "chainkit.cassette": "it replayed {then}, not {now}",
     "chainkit.record_mode": "it ran in record mode {then}, not {now}",
+    "chainkit.mode": "it sent its requests {then} (batch: --batch-api), not {now}",
     "chainkit.scorers": "its extra scorers were {then}, not {now}",
     "chainkit.aggregations": "its aggregations were {then}, not {now}",
 }
