@@ -381,11 +381,12 @@ def _finished_rows(journal: Path) -> int:
         return 0
 
 
-def _kill_after_rows(process: subprocess.Popen[bytes], runs: Path, rows: int) -> Path:
-    """SIGKILL the evaluation once its journal holds ``rows`` finished rows; its journal."""
-    deadline = time.monotonic() + 120
+def _kill_after_rows(process: subprocess.Popen[bytes], runs: Path, rows: int, wait: float = 120) -> Path:
+    """SIGKILL the evaluation once its journal holds ``rows`` finished rows (waiting at most
+    ``wait`` seconds, less if it ends first); its journal."""
+    deadline = time.monotonic() + wait
     journals: list[Path] = []
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         journals = list(runs.glob("*.sqlite")) if runs.exists() else []
         if journals and _finished_rows(journals[0]) >= rows:
             break

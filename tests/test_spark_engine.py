@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 from conftest import ROOT
 from openai_server import OpenAIServer
 from test_engines import per_row
-from test_evaluation import LIVE_CHAIN, _finished_rows, journal_rows, store, write_dataset
+from test_evaluation import LIVE_CHAIN, _kill_after_rows, journal_rows, store, write_dataset
 
 from toolkit.errors import UsageError
 from toolkit.evaluation import EvalOptions, evaluate
@@ -76,22 +74,6 @@ def counting_chain(project: Project, pause: float = 0.0) -> Path:
 
 def called(calls: Path) -> list[str]:
     return [line for line in calls.read_text().splitlines() if line != "warm up"]
-
-
-def kill_after_rows(process: subprocess.Popen[bytes], runs: Path, rows: int) -> Path:
-    """SIGKILL the job once its journal holds ``rows`` rows. A Spark job's first rows come after
-    the session and the Python workers start: tens of seconds, minutes on a loaded machine."""
-    deadline = time.monotonic() + 600
-    journals: list[Path] = []
-    while time.monotonic() < deadline and process.poll() is None:
-        journals = list(runs.glob("*.sqlite")) if runs.exists() else []
-        if journals and _finished_rows(journals[0]) >= rows:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert journals, "the evaluation never started its journal"
-    return journals[0]
 
 
 def test_spark_gives_the_same_rows_scores_and_metrics_as_threads_and_processes(
@@ -154,7 +136,9 @@ def test_a_killed_spark_job_resumes_without_repeating_a_journaled_row(spark: Any
     command += ["--engine", "spark", "--spark-master", "local[2]"]
     with (project.root / "killed.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    journal = kill_after_rows(process, runs, 2)
+    # A Spark job's first rows come after the session and its Python workers start: tens of
+    # seconds, minutes on a loaded machine.
+    journal = _kill_after_rows(process, runs, 2, wait=600)
     finished = {row["inputs"]["question"] for row in Journal(journal).results()}
     assert 2 <= len(finished) < len(questions)
     before = len(called(calls))
