@@ -175,7 +175,9 @@ def _serve(conn: Any, setup: WorkerSetup, threads: int) -> None:
 def _start_worker(setup: WorkerSetup) -> Invoke:
     # Ctrl-C reaches the whole process group: the parent alone handles it (it stops the job and
     # tells each worker to finish what it holds and leave), so a worker never dies mid-row.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # (Python sets handlers from the main thread only; a Spark worker may load from another.)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     import mlflow
 
     from toolkit.evaluation import tracing
