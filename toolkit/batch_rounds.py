@@ -273,13 +273,11 @@ class RoundsJob:
 def run_rounds(job: RoundsJob) -> int:
     """Evaluate every row through rounds of batches (see the module docstring); the number of
     rows already finished when it started (a resumed run's)."""
-    import mlflow
 
     from toolkit.evaluation import _judge_session, run_to_end, tracing
     from toolkit.replay import use_cassette
 
     options, target, ledger = job.options, job.target, job.ledger
-    mlflow.set_tag("chainkit.mode", "batch")  # from the start: a killed run says what it was
     skipped = job.journal.count()
     from toolkit.batch_plan import batch_prices
 
@@ -523,7 +521,6 @@ def _log_batch_run(job: RoundsJob, costs: Costs, rounds: int) -> None:
     live_cost = batch_cost * (costs.live / costs.batch) if costs.batch else costs.live
     mlflow.set_tags(
         {
-            "chainkit.mode": "batch",
             "chainkit.batch_ids": ",".join(ids)[:5000],
             "chainkit.batch_rounds": str(rounds),
             "chainkit.batch_fallback": job.batch.fallback,
